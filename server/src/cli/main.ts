@@ -1,0 +1,24 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { VERSION } from '../version.js';
+import { maintenanceCommands } from './maintenance.js';
+import { resourceCommands } from './resources.js';
+import { serveCommand } from './serve.js';
+
+const program = new Command('nebulagc-server')
+  .description('NebulaGC control plane server. Settings come from NEBULAGC_* env vars; flags override them.')
+  .version(VERSION)
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+program.addCommand(serveCommand());
+for (const cmd of [...resourceCommands(), ...maintenanceCommands()]) program.addCommand(cmd);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) process.exit(err.exitCode);
+  // One clear line, no stack trace: every error a user can cause has a message of its own.
+  process.stderr.write(`nebulagc-server: error: ${(err as Error).message}\n`);
+  process.exit(1);
+}

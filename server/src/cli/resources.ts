@@ -1,0 +1,84 @@
+import { Command } from 'commander';
+import { createCluster, listClusters, rotateClusterToken } from '../domain/clusters.js';
+import { clusterOfNode, createNode, listNodes, rotateNodeToken } from '../domain/nodes.js';
+import { rotateOperatorToken } from '../domain/operator.js';
+import { createTenant, listTenants } from '../domain/tenants.js';
+import { clusterCreateSchema, nodeCreateSchema, parseInput, tenantCreateSchema } from '../domain/validation.js';
+import { intArg, printJson, withDbOptions, withStore, type DbFlags } from './common.js';
+
+const ALL = { limit: 1_000_000, offset: 0 };
+
+/** tenant, cluster, node and operator commands: the same rules as the API, run on the local database. */
+export function resourceCommands(): Command[] {
+  const tenant = new Command('tenant').description('manage tenants');
+  withDbOptions(tenant.command('create').description('create a tenant').requiredOption('--name <name>', 'tenant name')).action(
+    (f: DbFlags & { name: string }) =>
+      withStore(f, ({ store }) => printJson(createTenant(store, parseInput(tenantCreateSchema, { name: f.name })))),
+  );
+  withDbOptions(tenant.command('list').description('list tenants')).action((f: DbFlags) =>
+    withStore(f, ({ store }) => printJson(listTenants(store, ALL))),
+  );
+
+  const cluster = new Command('cluster').description('manage clusters');
+  withDbOptions(
+    cluster
+      .command('create')
+      .description('create a cluster; prints its token once')
+      .requiredOption('--tenant-id <id>', 'owning tenant')
+      .requiredOption('--name <name>', 'cluster name')
+      .option('--lighthouse-port <port>', 'UDP port of the lighthouses', intArg('--lighthouse-port')),
+  ).action((f: DbFlags & { tenantId: string; name: string; lighthousePort?: number }) =>
+    withStore(f, ({ store }) =>
+      printJson(
+        createCluster(
+          store,
+          parseInput(clusterCreateSchema, { tenant_id: f.tenantId, name: f.name, lighthouse_port: f.lighthousePort }),
+        ),
+      ),
+    ),
+  );
+  withDbOptions(cluster.command('list').description('list clusters').option('--tenant-id <id>', 'only this tenant’s')).action(
+    (f: DbFlags & { tenantId?: string }) => withStore(f, ({ store }) => printJson(listClusters(store, { tenant_id: f.tenantId }, ALL))),
+  );
+  withDbOptions(cluster.command('rotate-token').description('replace a cluster token; prints the new one').argument('<cluster-id>')).action(
+    (id: string, f: DbFlags) => withStore(f, ({ store }) => printJson({ token: rotateClusterToken(store, id) })),
+  );
+
+  const node = new Command('node').description('manage nodes');
+  withDbOptions(
+    node
+      .command('create')
+      .description('create a node; prints its token once')
+      .requiredOption('--cluster-id <id>', 'owning cluster')
+      .requiredOption('--name <name>', 'node name')
+      .option('--admin', 'the node may manage its cluster')
+      .option('--mtu <mtu>', 'tun MTU (1280-9000)', intArg('--mtu'))
+      .option('--overlay-ip <ip>', 'the node’s Nebula IP')
+      .option('--routes <cidrs>', 'comma-separated unsafe routes it advertises'),
+  ).action(
+    (f: DbFlags & { clusterId: string; name: string; admin?: boolean; mtu?: number; overlayIp?: string; routes?: string }) =>
+      withStore(f, ({ store }) => {
+        const input = parseInput(nodeCreateSchema, {
+          name: f.name,
+          is_admin: f.admin ?? false,
+          mtu: f.mtu,
+          overlay_ip: f.overlayIp,
+          routes: f.routes ? f.routes.split(',').map((r) => r.trim()).filter(Boolean) : undefined,
+        });
+        printJson(createNode(store, f.clusterId, input));
+      }),
+  );
+  withDbOptions(node.command('list').description('list a cluster’s nodes').requiredOption('--cluster-id <id>', 'the cluster')).action(
+    (f: DbFlags & { clusterId: string }) => withStore(f, ({ store }) => printJson(listNodes(store, f.clusterId, {}, ALL))),
+  );
+  withDbOptions(node.command('rotate-token').description('replace a node token; prints the new one').argument('<node-id>')).action(
+    (id: string, f: DbFlags) => withStore(f, ({ store }) => printJson({ token: rotateNodeToken(store, clusterOfNode(store, id), id) })),
+  );
+
+  const operator = new Command('operator').description('the operator (admin) token');
+  withDbOptions(operator.command('rotate-token').description('replace the operator token; prints the new one')).action((f: DbFlags) =>
+    withStore(f, ({ store }) => printJson({ token: rotateOperatorToken(store) })),
+  );
+
+  return [tenant, cluster, node, operator];
+}

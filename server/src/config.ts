@@ -1,0 +1,106 @@
+import os from 'node:os';
+import { z } from 'zod';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const positiveInt = (def: number) => z.coerce.number().int().positive().default(def);
+const nonNegative = (def: number) => z.coerce.number().nonnegative().default(def);
+
+const listen = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'must be HOST:PORT')
+  .transform((v) => {
+    const idx = v.lastIndexOf(':');
+    const host = v.slice(0, idx).replace(/^\[|\]$/g, '');
+    const port = Number(v.slice(idx + 1));
+    return { host, port };
+  })
+  .refine((v) => v.port <= 65535, 'port must be 0-65535');
+
+/** Every setting, keyed by its env var. The README's configuration table mirrors this. */
+export const envSchema = z.object({
+  NEBULAGC_LISTEN: z.string().default('0.0.0.0:8080').pipe(listen),
+  NEBULAGC_DB_PATH: z.string().min(1).default('./data/nebulagc.db'),
+  NEBULAGC_HMAC_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  NEBULAGC_DEV: bool.default(false),
+  NEBULAGC_ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
+  NEBULAGC_NODE_ID: z.string().min(1).default(os.hostname()),
+  NEBULAGC_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  NEBULAGC_HA_MODE: z.enum(['standalone']).default('standalone'),
+  NEBULAGC_DB_SYNCHRONOUS: z.enum(['FULL', 'NORMAL']).default('FULL'),
+  NEBULAGC_MAX_BODY_BYTES: positiveInt(64 * 1024),
+  NEBULAGC_MAX_BUNDLE_BYTES: positiveInt(10 * 1024 * 1024),
+  NEBULAGC_HEARTBEAT_FLUSH_MS: positiveInt(2000),
+  NEBULAGC_TRUST_PROXY: bool.default(false),
+  NEBULAGC_RATE_LIMIT_IP_RPS: nonNegative(100),
+  NEBULAGC_RATE_LIMIT_IP_BURST: nonNegative(200),
+  NEBULAGC_RATE_LIMIT_NODE_RPS: nonNegative(5),
+  NEBULAGC_RATE_LIMIT_NODE_BURST: nonNegative(20),
+  NEBULAGC_RATE_LIMIT_CLUSTER_RPS: nonNegative(2000),
+  NEBULAGC_RATE_LIMIT_CLUSTER_BURST: nonNegative(4000),
+});
+
+export type Env = z.infer<typeof envSchema>;
+
+export interface RateLimit {
+  /** Sustained requests per second; 0 turns the limit off. */
+  rps: number;
+  burst: number;
+}
+
+export interface Config {
+  listen: { host: string; port: number };
+  dbPath: string;
+  hmacSecret: string | undefined;
+  dev: boolean;
+  adminToken: string | undefined;
+  nodeId: string;
+  logLevel: Env['NEBULAGC_LOG_LEVEL'];
+  haMode: Env['NEBULAGC_HA_MODE'];
+  synchronous: Env['NEBULAGC_DB_SYNCHRONOUS'];
+  maxBodyBytes: number;
+  maxBundleBytes: number;
+  heartbeatFlushMs: number;
+  trustProxy: boolean;
+  rateLimits: { ip: RateLimit; node: RateLimit; cluster: RateLimit };
+}
+
+export class ConfigError extends Error {}
+
+/** Flags win over env vars; env vars win over defaults. Empty strings count as unset. */
+export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<keyof Env, string>> = {}): Config {
+  const raw: Record<string, string> = {};
+  for (const key of Object.keys(envSchema.shape)) {
+    const v = overrides[key as keyof Env] ?? env[key];
+    if (v !== undefined && v !== '') raw[key] = v;
+  }
+  const parsed = envSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const key = String(issue.path[0] ?? 'config');
+    throw new ConfigError(`invalid ${key}: ${issue.message}`);
+  }
+  const e = parsed.data;
+  return {
+    listen: e.NEBULAGC_LISTEN,
+    dbPath: e.NEBULAGC_DB_PATH,
+    hmacSecret: e.NEBULAGC_HMAC_SECRET,
+    dev: e.NEBULAGC_DEV,
+    adminToken: e.NEBULAGC_ADMIN_TOKEN,
+    nodeId: e.NEBULAGC_NODE_ID,
+    logLevel: e.NEBULAGC_LOG_LEVEL,
+    haMode: e.NEBULAGC_HA_MODE,
+    synchronous: e.NEBULAGC_DB_SYNCHRONOUS,
+    maxBodyBytes: e.NEBULAGC_MAX_BODY_BYTES,
+    maxBundleBytes: e.NEBULAGC_MAX_BUNDLE_BYTES,
+    heartbeatFlushMs: e.NEBULAGC_HEARTBEAT_FLUSH_MS,
+    trustProxy: e.NEBULAGC_TRUST_PROXY,
+    rateLimits: {
+      ip: { rps: e.NEBULAGC_RATE_LIMIT_IP_RPS, burst: e.NEBULAGC_RATE_LIMIT_IP_BURST },
+      node: { rps: e.NEBULAGC_RATE_LIMIT_NODE_RPS, burst: e.NEBULAGC_RATE_LIMIT_NODE_BURST },
+      cluster: { rps: e.NEBULAGC_RATE_LIMIT_CLUSTER_RPS, burst: e.NEBULAGC_RATE_LIMIT_CLUSTER_BURST },
+    },
+  };
+}

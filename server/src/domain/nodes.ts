@@ -1,0 +1,162 @@
+import { bumpConfigVersion } from './clusters.js';
+import { notFound, rethrowUnique } from './errors.js';
+import { newId, sqlBool, type Page, type Store } from './store.js';
+import { generateToken, hashToken } from './tokens.js';
+import type { NodeCreate, NodeUpdate } from './validation.js';
+
+export interface Node {
+  id: string;
+  cluster_id: string;
+  name: string;
+  is_admin: boolean;
+  mtu: number;
+  routes: string[];
+  is_lighthouse: boolean;
+  public_ip: string | null;
+  lighthouse_port: number | null;
+  is_relay: boolean;
+  overlay_ip: string | null;
+  last_seen_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface NodeFilter {
+  name?: string | undefined;
+  is_admin?: boolean | undefined;
+  is_lighthouse?: boolean | undefined;
+  is_relay?: boolean | undefined;
+}
+
+interface Row {
+  id: string;
+  cluster_id: string;
+  name: string;
+  is_admin: number;
+  mtu: number;
+  routes: string;
+  is_lighthouse: number;
+  public_ip: string | null;
+  lighthouse_port: number | null;
+  is_relay: number;
+  overlay_ip: string | null;
+  last_seen_at: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+const COLUMNS = `id, cluster_id, name, is_admin, mtu, routes, is_lighthouse, public_ip, lighthouse_port, is_relay,
+  overlay_ip, last_seen_at, created_at, updated_at`;
+
+export const toNode = (r: Row): Node => ({
+  ...r,
+  is_admin: r.is_admin === 1,
+  is_lighthouse: r.is_lighthouse === 1,
+  is_relay: r.is_relay === 1,
+  routes: JSON.parse(r.routes) as string[],
+});
+
+const uniqueMessage = 'another node in this cluster already has that name or overlay IP';
+
+export function createNode(store: Store, clusterId: string, input: NodeCreate): { node: Node; token: string } {
+  const token = generateToken('node');
+  const id = newId();
+  const now = store.now();
+  try {
+    store.writer.write('node.create', (db) => {
+      db.prepare(
+        `INSERT INTO nodes (id, cluster_id, name, token_hash, is_admin, mtu, routes, overlay_ip, public_ip, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        id,
+        clusterId,
+        input.name,
+        hashToken(store.secret, token),
+        sqlBool(input.is_admin ?? false),
+        input.mtu ?? 1300,
+        JSON.stringify(input.routes ?? []),
+        input.overlay_ip ?? null,
+        input.public_ip ?? null,
+        now,
+        now,
+      );
+      bumpConfigVersion(db, clusterId, now);
+    });
+  } catch (err) {
+    rethrowUnique(err, uniqueMessage);
+  }
+  return { node: getNode(store, clusterId, id), token };
+}
+
+/** Looks a node up within one cluster only: another cluster's node is simply not found. */
+export function getNode(store: Store, clusterId: string, id: string): Node {
+  const row = store.reader.prepare(`SELECT ${COLUMNS} FROM nodes WHERE id = ? AND cluster_id = ?`).get(id, clusterId) as
+    | Row
+    | undefined;
+  if (!row) throw notFound('node');
+  return toNode(row);
+}
+
+export function listNodes(store: Store, clusterId: string, filter: NodeFilter, page: Page): Node[] {
+  const where = ['cluster_id = ?'];
+  const args: (string | number)[] = [clusterId];
+  if (filter.name !== undefined) (where.push('name = ?'), args.push(filter.name));
+  if (filter.is_admin !== undefined) (where.push('is_admin = ?'), args.push(sqlBool(filter.is_admin)));
+  if (filter.is_lighthouse !== undefined) (where.push('is_lighthouse = ?'), args.push(sqlBool(filter.is_lighthouse)));
+  if (filter.is_relay !== undefined) (where.push('is_relay = ?'), args.push(sqlBool(filter.is_relay)));
+  const rows = store.reader
+    .prepare(`SELECT ${COLUMNS} FROM nodes WHERE ${where.join(' AND ')} ORDER BY name LIMIT ? OFFSET ?`)
+    .all(...args, page.limit, page.offset) as Row[];
+  return rows.map(toNode);
+}
+
+export function updateNode(store: Store, clusterId: string, id: string, input: NodeUpdate): Node {
+  const sets: string[] = [];
+  const args: (string | number | null)[] = [];
+  if (input.name !== undefined) (sets.push('name = ?'), args.push(input.name));
+  if (input.mtu !== undefined) (sets.push('mtu = ?'), args.push(input.mtu));
+  if (input.routes !== undefined) (sets.push('routes = ?'), args.push(JSON.stringify(input.routes)));
+  if (input.overlay_ip !== undefined) (sets.push('overlay_ip = ?'), args.push(input.overlay_ip));
+  if (input.public_ip !== undefined) (sets.push('public_ip = ?'), args.push(input.public_ip));
+  const now = store.now();
+  try {
+    store.writer.write('node.update', (db) => {
+      const r = db
+        .prepare(`UPDATE nodes SET ${sets.join(', ')}, updated_at = ? WHERE id = ? AND cluster_id = ?`)
+        .run(...args, now, id, clusterId);
+      if (r.changes === 0) throw notFound('node');
+      bumpConfigVersion(db, clusterId, now);
+    });
+  } catch (err) {
+    rethrowUnique(err, uniqueMessage);
+  }
+  return getNode(store, clusterId, id);
+}
+
+export function deleteNode(store: Store, clusterId: string, id: string): void {
+  const now = store.now();
+  store.writer.write('node.delete', (db) => {
+    if (db.prepare('DELETE FROM nodes WHERE id = ? AND cluster_id = ?').run(id, clusterId).changes === 0) {
+      throw notFound('node');
+    }
+    bumpConfigVersion(db, clusterId, now);
+  });
+}
+
+export function rotateNodeToken(store: Store, clusterId: string, id: string): string {
+  const token = generateToken('node');
+  store.writer.write('node.rotate-token', (db) => {
+    const r = db
+      .prepare('UPDATE nodes SET token_hash = ?, updated_at = ? WHERE id = ? AND cluster_id = ?')
+      .run(hashToken(store.secret, token), store.now(), id, clusterId);
+    if (r.changes === 0) throw notFound('node');
+  });
+  return token;
+}
+
+/** The cluster a node belongs to, for callers (the operator) not bound to one cluster. */
+export function clusterOfNode(store: Store, id: string): string {
+  const row = store.reader.prepare('SELECT cluster_id FROM nodes WHERE id = ?').get(id) as { cluster_id: string } | undefined;
+  if (!row) throw notFound('node');
+  return row.cluster_id;
+}

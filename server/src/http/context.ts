@@ -1,0 +1,29 @@
+import type { OpenAPIHono } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import type { Config } from '../config.js';
+import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
+import type { Principal } from '../domain/auth.js';
+import type { Store } from '../domain/store.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from './metrics.js';
+
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    principal: Principal;
+    /** The lowest X-RateLimit-Remaining set so far on this request. */
+    rateLimitRemaining: number | undefined;
+  };
+}
+
+export type AppContext = Context<AppEnv>;
+export type App = OpenAPIHono<AppEnv>;
+
+/** Everything the routes need, built once at start. */
+export interface Deps {
+  config: Config;
+  store: Store;
+  heartbeats: HeartbeatCoalescer;
+  metrics: Metrics;
+  log: Logger;
+}

@@ -1,0 +1,97 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import type { App, Deps } from './context.js';
+import { ok } from './schemas.js';
+import { VERSION } from '../version.js';
+
+const healthSchema = z
+  .object({
+    status: z.enum(['healthy', 'degraded', 'unhealthy']),
+    ha_mode: z.enum(['standalone', 'master', 'replica']),
+    node_id: z.string(),
+    version: z.string(),
+    timestamp: z.string(),
+    uptime_seconds: z.number(),
+    writable: z.boolean(),
+    checks: z.object({ database: z.object({ ok: z.boolean(), error: z.string().optional() }) }),
+  })
+  .openapi('Health');
+
+const checkSchema = z.object({ status: z.string(), reason: z.string().optional() });
+const tags = ['System'];
+
+/** Load balancers route on these: /health is always 200 while the process lives; the others say yes or no. */
+export function registerHealthRoutes(app: App, { config, store }: Deps): void {
+  const startedAt = Date.now();
+
+  const databaseCheck = (): { ok: boolean; error?: string } => {
+    try {
+      store.reader.prepare('SELECT count(*) FROM sqlite_master').get();
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, error: (err as Error).message };
+    }
+  };
+
+  app.openapi(
+    createRoute({ method: 'get', path: '/health', tags, summary: 'Role, status and checks', responses: { 200: ok(healthSchema, 'Always 200 while live') } }),
+    (c) => {
+      const database = databaseCheck();
+      const writable = store.writer.writable;
+      const status = !database.ok ? 'unhealthy' : writable ? 'healthy' : 'degraded';
+      return c.json(
+        {
+          status,
+          ha_mode: config.haMode,
+          node_id: config.nodeId,
+          version: VERSION,
+          timestamp: new Date().toISOString(),
+          uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
+          writable,
+          checks: { database },
+        } as const,
+        200,
+      );
+    },
+  );
+
+  app.openapi(
+    createRoute({ method: 'get', path: '/health/live', tags, summary: 'Liveness', responses: { 200: ok(checkSchema, 'Process is up') } }),
+    (c) => c.json({ status: 'ok' }, 200),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/health/ready',
+      tags,
+      summary: 'Readiness: the database answers reads',
+      responses: { 200: ok(checkSchema, 'Ready'), 503: ok(checkSchema, 'Not ready') },
+    }),
+    (c) => {
+      const database = databaseCheck();
+      return database.ok ? c.json({ status: 'ok' }, 200) : c.json({ status: 'unavailable', reason: database.error }, 503);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/health/master',
+      tags,
+      summary: '200 only on a node that may take writes now',
+      responses: { 200: ok(checkSchema, 'Takes writes'), 503: ok(checkSchema, 'Does not take writes') },
+    }),
+    (c) => (store.writer.writable ? c.json({ status: 'ok' }, 200) : c.json({ status: 'not_master' }, 503)),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/version',
+      tags,
+      summary: 'Server version',
+      responses: { 200: ok(z.object({ version: z.string(), node_id: z.string() }), 'Version') },
+    }),
+    (c) => c.json({ version: VERSION, node_id: config.nodeId }, 200),
+  );
+}

@@ -1,0 +1,97 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { requireOperator } from '../../domain/auth.js';
+import { createCluster, deleteCluster, getCluster, listClusters, rotateClusterToken } from '../../domain/clusters.js';
+import { clusterCreateSchema, idSchema } from '../../domain/validation.js';
+import type { App, Deps } from '../context.js';
+import { clusterSchema, errors, idParams, jsonBody, ok, pageQuery, security, tokenSchema } from '../schemas.js';
+
+const tags = ['Clusters'];
+
+export function registerClusterRoutes(app: App, { store }: Deps): void {
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/api/v1/clusters',
+      tags,
+      security,
+      summary: 'Create a cluster (operator); returns its cluster token once',
+      request: jsonBody(clusterCreateSchema),
+      responses: { 201: ok(z.object({ cluster: clusterSchema, token: z.string() }), 'Created'), ...errors },
+    }),
+    (c) => {
+      requireOperator(c.get('principal'));
+      return c.json(createCluster(store, c.req.valid('json')), 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/api/v1/clusters',
+      tags,
+      security,
+      summary: 'List clusters, optionally of one tenant (operator)',
+      request: {
+        query: z.object({
+          tenant_id: idSchema.optional().openapi({ param: { name: 'tenant_id', in: 'query' } }),
+          ...pageQuery,
+        }),
+      },
+      responses: { 200: ok(z.object({ clusters: z.array(clusterSchema) }), 'Clusters'), ...errors },
+    }),
+    (c) => {
+      requireOperator(c.get('principal'));
+      const { tenant_id, limit, offset } = c.req.valid('query');
+      return c.json({ clusters: listClusters(store, { tenant_id }, { limit, offset }) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/api/v1/clusters/{id}',
+      tags,
+      security,
+      summary: 'Get a cluster (operator)',
+      request: { params: idParams },
+      responses: { 200: ok(clusterSchema, 'The cluster'), ...errors },
+    }),
+    (c) => {
+      requireOperator(c.get('principal'));
+      return c.json(getCluster(store, c.req.valid('param').id), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/api/v1/clusters/{id}',
+      tags,
+      security,
+      summary: 'Delete a cluster with its nodes and bundles (operator)',
+      request: { params: idParams },
+      responses: { 204: { description: 'Deleted' }, ...errors },
+    }),
+    (c) => {
+      requireOperator(c.get('principal'));
+      deleteCluster(store, c.req.valid('param').id);
+      return c.body(null, 204);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/api/v1/clusters/{id}/rotate-token',
+      tags,
+      security,
+      summary: 'Replace the cluster token (operator); the old one stops working at once',
+      request: { params: idParams },
+      responses: { 200: ok(tokenSchema, 'The new token, shown once'), ...errors },
+    }),
+    (c) => {
+      requireOperator(c.get('principal'));
+      return c.json({ token: rotateClusterToken(store, c.req.valid('param').id) }, 200);
+    },
+  );
+}

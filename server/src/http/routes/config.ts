@@ -1,0 +1,154 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { clusterScope, describe, requireClusterAdmin } from '../../domain/auth.js';
+import { defaultBundleLimits, inspectBundle, readLimited } from '../../domain/bundle-archive.js';
+import { deleteBundle, getBundle, getConfigVersion, listBundles, storeBundle, type Bundle } from '../../domain/bundles.js';
+import { DomainError } from '../../domain/errors.js';
+import { idSchema } from '../../domain/validation.js';
+import type { App, AppContext, Deps } from '../context.js';
+import { bundleMetaSchema, configVersionSchema, errors, ok, pageQuery, security } from '../schemas.js';
+
+const tags = ['Config'];
+const clusterQuery = {
+  cluster_id: idSchema.optional().openapi({ param: { name: 'cluster_id', in: 'query' }, description: 'Operator token only' }),
+};
+const versionParams = z.object({
+  version: z.coerce.number().int().positive().openapi({ param: { name: 'version', in: 'path' } }),
+});
+const gzipContent = { 'application/gzip': { schema: z.string().openapi({ format: 'binary' }) } };
+
+const etagOf = (b: Bundle): string => `"${b.sha256}"`;
+
+/** RFC 9110 If-None-Match: a list of (possibly weak) tags, or "*". */
+export function etagMatches(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  if (header.trim() === '*') return true;
+  return header.split(',').some((t) => t.trim().replace(/^W\//, '') === etag);
+}
+
+function sendBundle(c: AppContext, bundle: Bundle): Response {
+  const etag = etagOf(bundle);
+  c.header('ETag', etag);
+  c.header('Cache-Control', 'private, no-cache');
+  c.header('X-NebulaGC-Bundle-Version', String(bundle.version));
+  c.header('X-NebulaGC-Bundle-SHA256', bundle.sha256);
+  if (etagMatches(c.req.header('if-none-match'), etag)) return c.body(null, 304);
+  c.header('Content-Type', 'application/gzip');
+  return c.body(new Uint8Array(bundle.data), 200);
+}
+
+export function registerConfigRoutes(app: App, { store, config }: Deps): void {
+  const limits = defaultBundleLimits(config.maxBundleBytes);
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/api/v1/config/version',
+      tags,
+      security,
+      summary: 'The cluster’s config version, for daemons to poll',
+      request: { query: z.object(clusterQuery) },
+      responses: { 200: ok(configVersionSchema, 'Current version'), ...errors },
+    }),
+    (c) => c.json(getConfigVersion(store, clusterScope(c.get('principal'), c.req.valid('query').cluster_id)), 200),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/api/v1/config/bundle',
+      tags,
+      security,
+      summary: 'Download the current bundle; honours If-None-Match with 304',
+      request: { query: z.object(clusterQuery) },
+      responses: {
+        200: { content: gzipContent, description: 'The bundle (tar.gz), with ETag' },
+        304: { description: 'Not modified' },
+        ...errors,
+      },
+    }),
+    (c) => sendBundle(c, getBundle(store, clusterScope(c.get('principal'), c.req.valid('query').cluster_id))),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post',
+      path: '/api/v1/config/bundle',
+      tags,
+      security,
+      summary: 'Upload a new bundle version (admin node or operator)',
+      description:
+        'A gzip tar with config.yml (a YAML mapping) and ca.crt. Links, absolute paths and ".." are refused. The size limit is enforced while the body streams in; a refused bundle leaves the current one untouched.',
+      request: { query: z.object(clusterQuery), body: { content: gzipContent, required: true } },
+      responses: { 201: ok(bundleMetaSchema, 'Stored as the new current version'), ...errors, 415: errors[400] },
+    }),
+    async (c) => {
+      const principal = c.get('principal');
+      const clusterId = requireClusterAdmin(principal, c.req.valid('query').cluster_id);
+      const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+      if (!['application/gzip', 'application/x-gzip', 'application/octet-stream'].includes(type)) {
+        throw new DomainError('UNSUPPORTED_MEDIA_TYPE', 'send the bundle as application/gzip');
+      }
+      const declared = Number(c.req.header('content-length') ?? NaN);
+      if (declared > limits.maxBytes) throw new DomainError('PAYLOAD_TOO_LARGE', `bundle exceeds ${limits.maxBytes} bytes`);
+      const body = c.req.raw.body;
+      if (!body) throw new DomainError('INVALID_BUNDLE', 'request has no body');
+      const data = await readLimited(body as unknown as AsyncIterable<Uint8Array>, limits.maxBytes);
+      const inspected = await inspectBundle(data, limits);
+      return c.json(storeBundle(store, clusterId, inspected, describe(principal)), 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/api/v1/config/bundles',
+      tags,
+      security,
+      summary: 'List bundle versions, newest first (admin node or operator)',
+      request: { query: z.object({ ...clusterQuery, ...pageQuery }) },
+      responses: { 200: ok(z.object({ bundles: z.array(bundleMetaSchema) }), 'Versions'), ...errors },
+    }),
+    (c) => {
+      const { cluster_id, limit, offset } = c.req.valid('query');
+      const clusterId = requireClusterAdmin(c.get('principal'), cluster_id);
+      return c.json({ bundles: listBundles(store, clusterId, { limit, offset }) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/api/v1/config/bundles/{version}',
+      tags,
+      security,
+      summary: 'Download one bundle version (admin node or operator)',
+      request: { params: versionParams, query: z.object(clusterQuery) },
+      responses: {
+        200: { content: gzipContent, description: 'The bundle (tar.gz), with ETag' },
+        304: { description: 'Not modified' },
+        ...errors,
+      },
+    }),
+    (c) => {
+      const clusterId = requireClusterAdmin(c.get('principal'), c.req.valid('query').cluster_id);
+      return sendBundle(c, getBundle(store, clusterId, c.req.valid('param').version));
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'delete',
+      path: '/api/v1/config/bundles/{version}',
+      tags,
+      security,
+      summary: 'Delete an old bundle version; the current one cannot be deleted (admin node or operator)',
+      request: { params: versionParams, query: z.object(clusterQuery) },
+      responses: { 204: { description: 'Deleted' }, ...errors },
+    }),
+    (c) => {
+      const clusterId = requireClusterAdmin(c.get('principal'), c.req.valid('query').cluster_id);
+      deleteBundle(store, clusterId, c.req.valid('param').version);
+      return c.body(null, 204);
+    },
+  );
+}

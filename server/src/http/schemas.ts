@@ -1,0 +1,115 @@
+import { z } from '@hono/zod-openapi';
+import { errorSchema } from './errors.js';
+
+/** Response and query schemas, published in /openapi.json. Request bodies come from domain/validation.ts. */
+export const tenantSchema = z
+  .object({ id: z.string(), name: z.string(), created_at: z.string(), updated_at: z.string() })
+  .openapi('Tenant');
+
+export const clusterSchema = z
+  .object({
+    id: z.string(),
+    tenant_id: z.string(),
+    name: z.string(),
+    lighthouse_port: z.number().int(),
+    config_version: z.number().int(),
+    current_bundle_version: z.number().int().nullable(),
+    ca_cert: z.string().nullable(),
+    has_ca_key: z.boolean(),
+    created_at: z.string(),
+    updated_at: z.string(),
+  })
+  .openapi('Cluster');
+
+export const nodeSchema = z
+  .object({
+    id: z.string(),
+    cluster_id: z.string(),
+    name: z.string(),
+    is_admin: z.boolean(),
+    mtu: z.number().int(),
+    routes: z.array(z.string()),
+    is_lighthouse: z.boolean(),
+    public_ip: z.string().nullable(),
+    lighthouse_port: z.number().int().nullable(),
+    is_relay: z.boolean(),
+    overlay_ip: z.string().nullable(),
+    last_seen_at: z.string().nullable(),
+    created_at: z.string(),
+    updated_at: z.string(),
+  })
+  .openapi('Node');
+
+export const tokenSchema = z.object({ token: z.string().openapi({ description: 'Shown once; store it now.' }) });
+
+export const bundleMetaSchema = z
+  .object({
+    version: z.number().int(),
+    sha256: z.string(),
+    size_bytes: z.number().int(),
+    created_by: z.string(),
+    created_at: z.string(),
+    current: z.boolean(),
+  })
+  .openapi('BundleMeta');
+
+export const configVersionSchema = z
+  .object({
+    cluster_id: z.string(),
+    config_version: z.number().int(),
+    bundle_version: z.number().int().nullable(),
+    bundle_sha256: z.string().nullable(),
+  })
+  .openapi('ConfigVersion');
+
+export const topologySchema = z
+  .object({
+    config_version: z.number().int(),
+    lighthouses: z.array(
+      z.object({
+        node_id: z.string(),
+        name: z.string(),
+        overlay_ip: z.string().nullable(),
+        public_ip: z.string(),
+        port: z.number().int(),
+      }),
+    ),
+    relays: z.array(z.object({ node_id: z.string(), name: z.string(), overlay_ip: z.string().nullable() })),
+  })
+  .openapi('Topology');
+
+export const nodeRoutesSchema = z
+  .object({ node_id: z.string(), name: z.string(), overlay_ip: z.string().nullable(), routes: z.array(z.string()) })
+  .openapi('NodeRoutes');
+
+export const pageQuery = {
+  limit: z.coerce.number().int().min(1).max(1000).default(100).openapi({ param: { name: 'limit', in: 'query' } }),
+  offset: z.coerce.number().int().min(0).default(0).openapi({ param: { name: 'offset', in: 'query' } }),
+};
+
+export const boolQuery = z.enum(['true', 'false']).transform((v) => v === 'true');
+
+export const idParams = z.object({ id: z.uuid().openapi({ param: { name: 'id', in: 'path' } }) });
+
+export const jsonBody = <T extends z.ZodType>(schema: T) => ({
+  body: { content: { 'application/json': { schema } }, required: true },
+});
+
+export const ok = <T extends z.ZodType>(schema: T, description: string) => ({
+  content: { 'application/json': { schema } },
+  description,
+});
+
+const err = (description: string) => ({ content: { 'application/json': { schema: errorSchema } }, description });
+
+export const errors = {
+  400: err('Invalid input (VALIDATION_FAILED, INVALID_JSON)'),
+  401: err('Missing or invalid token (AUTH_MISSING, AUTH_INVALID)'),
+  403: err('Token not allowed to do this (FORBIDDEN)'),
+  404: err('Not found, or outside the token’s scope (NOT_FOUND)'),
+  409: err('Conflicts with existing data (CONFLICT)'),
+  413: err('Body too large (PAYLOAD_TOO_LARGE)'),
+  429: err('Rate limited (RATE_LIMITED); see Retry-After'),
+} as const;
+
+export const security: Record<string, string[]>[] = [{ bearer: [] }, { nodeToken: [] }, { clusterToken: [] }];
