@@ -31,6 +31,10 @@ export async function startTestServer(env: Partial<Record<keyof Env, string>> = 
       NEBULAGC_ADMIN_TOKEN: TEST_ADMIN_TOKEN,
       NEBULAGC_LOG_LEVEL: 'silent',
       NEBULAGC_DB_SYNCHRONOUS: 'NORMAL',
+      // Functional tests make bursts of calls with one token; the limit tests set their own.
+      NEBULAGC_RATE_LIMIT_IP_BURST: '100000',
+      NEBULAGC_RATE_LIMIT_NODE_BURST: '100000',
+      NEBULAGC_RATE_LIMIT_CLUSTER_BURST: '100000',
       ...env,
     },
   );
@@ -59,7 +63,7 @@ export async function call<T = any>(
   base: string,
   method: string,
   url: string,
-  opts: { headers?: Record<string, string>; json?: unknown; raw?: BodyInit; contentType?: string } = {},
+  opts: { headers?: Record<string, string>; json?: unknown; raw?: Uint8Array; contentType?: string } = {},
 ): Promise<Reply<T>> {
   const headers: Record<string, string> = { ...(opts.headers ?? {}) };
   let body: BodyInit | undefined;
@@ -68,7 +72,7 @@ export async function call<T = any>(
     body = JSON.stringify(opts.json);
   } else if (opts.raw !== undefined) {
     headers['content-type'] = opts.contentType ?? 'application/gzip';
-    body = opts.raw;
+    body = new Uint8Array(opts.raw);
   }
   const res = await fetch(base + url, { method, headers, body, redirect: 'manual' });
   const type = res.headers.get('content-type') ?? '';

@@ -69,6 +69,9 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
   const extract = tar.extract();
   extract.on('entry', (header, stream, next) => {
     const fail = (err: DomainError): void => {
+      // tar-stream destroys the entry stream with the same error; without a listener there it
+      // would be an uncaught exception. The pipeline reports the error through `extract`.
+      stream.on('error', () => undefined);
       stream.resume();
       extract.destroy(err);
     };

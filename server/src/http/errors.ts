@@ -46,6 +46,7 @@ export function handleError(err: unknown, c: AppContext, log: Logger): Response 
   }
   if (err instanceof HTTPException) {
     if (err.status === 413) return errorResponse(c, 'PAYLOAD_TOO_LARGE', 'request body is too large');
+    if (err.status === 415) return errorResponse(c, 'UNSUPPORTED_MEDIA_TYPE', 'send the body as application/json');
     if (err.status === 400 && /json/i.test(err.message)) return errorResponse(c, 'INVALID_JSON', 'request body is not valid JSON');
     if (err.status === 400) return errorResponse(c, 'VALIDATION_FAILED', err.message);
   }
