@@ -16,7 +16,11 @@ export function resolveHmacSecret(config: Config): { secret: string; source: 'en
     );
   }
   const file = path.join(path.dirname(path.resolve(config.dbPath)), 'hmac-secret');
-  if (existsSync(file)) return { secret: readFileSync(file, 'utf8').trim(), source: 'dev-file' };
+  if (existsSync(file)) {
+    const secret = readFileSync(file, 'utf8').trim();
+    if (secret.length < 32) throw new ConfigError(`${file} holds a secret shorter than 32 characters; delete it or fix it`);
+    return { secret, source: 'dev-file' };
+  }
   mkdirSync(path.dirname(file), { recursive: true });
   writeFileSync(file, randomBytes(32).toString('hex'), { mode: 0o600, flag: 'wx' });
   chmodSync(file, 0o600);

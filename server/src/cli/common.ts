@@ -20,13 +20,13 @@ export function configFrom(flags: DbFlags, extra: Partial<Record<keyof Env, stri
   return loadConfig(process.env, overrides);
 }
 
-/** Runs `fn` against an opened store and always closes it. */
-export function withStore<T>(flags: DbFlags, fn: (opened: OpenedStore, config: Config) => T): T {
+/** Runs `fn` against an opened store and closes it once `fn` (and its promise) has settled. */
+export async function withStore<T>(flags: DbFlags, fn: (opened: OpenedStore, config: Config) => T | Promise<T>): Promise<T> {
   const config = configFrom(flags);
   const { secret } = resolveHmacSecret(config);
   const opened = openStore({ dbPath: config.dbPath, synchronous: config.synchronous, secret });
   try {
-    return fn(opened, config);
+    return await fn(opened, config);
   } finally {
     opened.close();
   }

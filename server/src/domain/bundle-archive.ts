@@ -52,7 +52,7 @@ export function normaliseEntryName(name: string): string {
   if (name.startsWith('/')) throw bad(`entry "${name}" has an absolute path`);
   if (name.split('/').includes('..')) throw bad(`entry "${name}" escapes the bundle with ..`);
   const normal = path.posix.normalize(name).replace(/\/$/, '');
-  if (normal === '.' || normal.startsWith('../')) throw bad(`entry name "${name}" is not allowed`);
+  if (normal.startsWith('../')) throw bad(`entry name "${name}" is not allowed`);
   return normal;
 }
 
@@ -65,24 +65,27 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
   if (data.length < 2 || data[0] !== 0x1f || data[1] !== 0x8b) throw bad('bundle is not gzip-compressed');
 
   const files = new Map<string, Buffer | null>();
+  let entries = 0;
   let unpacked = 0;
   const extract = tar.extract();
   extract.on('entry', (header, stream, next) => {
+    // tar-stream destroys an entry's stream with the error when the archive breaks (a bad
+    // entry, a truncated gzip); without a listener that is an uncaught exception. The pipeline
+    // reports the error through `extract`.
+    stream.on('error', () => undefined);
     const fail = (err: DomainError): void => {
-      // tar-stream destroys the entry stream with the same error; without a listener there it
-      // would be an uncaught exception. The pipeline reports the error through `extract`.
-      stream.on('error', () => undefined);
       stream.resume();
       extract.destroy(err);
     };
-    if (files.size >= limits.maxEntries) return fail(bad(`bundle has more than ${limits.maxEntries} entries`));
+    if (++entries > limits.maxEntries) return fail(bad(`bundle has more than ${limits.maxEntries} entries`));
     let name: string;
     try {
       name = normaliseEntryName(header.name);
     } catch (err) {
       return fail(err as DomainError);
     }
-    if (header.type === 'directory') {
+    if (header.type === 'directory' || name === '.') {
+      if (header.type !== 'directory') return fail(bad(`entry "${header.name}" is not allowed`));
       stream.resume();
       stream.on('end', next);
       return;
