@@ -1,0 +1,284 @@
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import type { Statement } from 'better-sqlite3';
+import type { Db } from '../db/connection.js';
+import { DbChecksum } from './checksum.js';
+import type { PageImage, Position } from './record.js';
+import { parseWalHeader, scanFrames, WAL_HEADER_BYTES, type ScanState, type WalHeader } from './wal-format.js';
+
+export interface CapturedTx extends Position {
+  pageSize: number;
+  dbSize: number;
+  commitTimeMs: number;
+  pages: PageImage[];
+  /** True for a transaction rebuilt by comparing pages, after WAL frames were lost to a checkpoint. */
+  resync: boolean;
+}
+
+export interface CaptureOptions {
+  dbPath: string;
+  /** Two dedicated connections that take turns holding the read transaction that pins the WAL. */
+  pins: [Db, Db];
+  epoch: number;
+  /** The position the log says the database is at, if any. */
+  resumeFrom: Position | undefined;
+  now?: () => number;
+}
+
+const pageList = (pages: Map<number, Buffer>): PageImage[] => {
+  // Page 1 carries the schema cookie: it goes last (DESIGN §3).
+  const list = [...pages.entries()].filter(([pgno]) => pgno !== 1).map(([pgno, data]) => ({ pgno, data }));
+  const first = pages.get(1);
+  if (first) list.push({ pgno: 1, data: first });
+  return list;
+};
+
+/** Reads every page of the database through `db` (its current snapshot). */
+export function* readAllPages(db: Db): Generator<PageImage> {
+  for (const row of db.prepare('SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno').iterate()) {
+    const r = row as { pgno: number; data: Buffer };
+    yield { pgno: r.pgno, data: r.data };
+  }
+}
+
+/**
+ * Captures committed transactions from the master's WAL file.
+ *
+ * A read transaction on a pin connection stops any checkpoint (ours, litestream's, the sqlite3
+ * shell's) from restarting the WAL past frames not yet read. Pins leapfrog: the next pin starts
+ * before the previous one ends, so there is never a moment without one. When the pins must be
+ * released (to let a checkpoint through, or before waiting on a lock another process holds),
+ * the next capture that finds the WAL restarted cannot know what it missed, so it rebuilds the
+ * missing changes by comparing every page against the page hashes it keeps (`resync`).
+ */
+export class WalCapture {
+  private readonly fd: number;
+  private header: WalHeader | undefined;
+  private scan: ScanState = { offset: WAL_HEADER_BYTES, cksum0: 0, cksum1: 0 };
+  /** Frames of the current WAL generation read so far. */
+  private framesCaptured = 0;
+  private readBuf = Buffer.allocUnsafeSlow(1 << 20);
+  private activePin = -1;
+  private readonly pinStatements: { begin: Statement; read: Statement; end: Statement }[];
+  /** Set when the pins were released: a WAL restart seen after that may have hidden frames. */
+  private lossPossible = false;
+  private checksum: DbChecksum;
+  private txid: number;
+  private epochValue: number;
+  private readonly now: () => number;
+  /** True when the database did not match the log at start: a new history begins. */
+  readonly historyBroken: boolean;
+
+  constructor(
+    private readonly writer: Db,
+    private readonly opts: CaptureOptions,
+  ) {
+    this.now = opts.now ?? (() => performance.timeOrigin + performance.now());
+    this.epochValue = opts.epoch;
+    this.pinStatements = opts.pins.map((db) => ({
+      begin: db.prepare('BEGIN'),
+      read: db.prepare('SELECT count(*) FROM sqlite_master'),
+      end: db.prepare('ROLLBACK'),
+    }));
+    this.fd = openSync(`${opts.dbPath}-wal`, 'a+');
+    const pageSize = writer.pragma('page_size', { simple: true }) as number;
+    this.checksum = new DbChecksum(pageSize);
+    // Start under the write lock, so the WAL end, the checksum and the pin agree exactly.
+    this.underWriteLock(() => {
+      this.readWalToEnd();
+      let last = 0;
+      for (const p of readAllPages(writer)) {
+        this.checksum.setPage(p.pgno, p.data);
+        last = p.pgno;
+      }
+      this.checksum.resize(last);
+      this.pin();
+    });
+    const resume = opts.resumeFrom;
+    this.historyBroken = resume !== undefined && resume.checksum !== this.checksum.value;
+    this.txid = resume?.txid ?? 0;
+  }
+
+  get position(): Position {
+    return { epoch: this.epochValue, txid: this.txid, checksum: this.checksum.value };
+  }
+
+  get pageSize(): number {
+    return this.checksum.pageSize;
+  }
+
+  /** Bytes of the WAL file, for checkpoint decisions and metrics. */
+  walBytes(): number {
+    return fstatSync(this.fd).size;
+  }
+
+  setEpoch(epoch: number): void {
+    this.epochValue = epoch;
+  }
+
+  /**
+   * Reads the frames committed since the last call and turns them into transactions, in order.
+   * Call it after every commit, on a timer (to catch other processes' writes), and before
+   * anything that releases the pins.
+   */
+  capture(): CapturedTx[] {
+    // Pin before reading: from here on no frame can be checkpointed away unseen.
+    if (this.activePin < 0) this.pin();
+    const size = fstatSync(this.fd).size;
+    const header = size >= WAL_HEADER_BYTES ? parseWalHeader(this.readAt(0, WAL_HEADER_BYTES)) : undefined;
+    if (!header) return [];
+    if (!this.header || header.salt1 !== this.header.salt1 || header.salt2 !== this.header.salt2) {
+      // The WAL restarted. With a pin held throughout, every frame of the old generation was
+      // read before that could happen; each restart bumps the header's checkpoint counter once.
+      const skipped = this.header !== undefined && header.checkpointSeq !== ((this.header.checkpointSeq + 1) >>> 0);
+      if (this.lossPossible || skipped) return this.resync();
+      this.header = header;
+      this.scan = { offset: WAL_HEADER_BYTES, cksum0: header.cksum0, cksum1: header.cksum1 };
+      this.framesCaptured = 0;
+    }
+    this.lossPossible = false;
+    if (size <= this.scan.offset) return [];
+    const bytes = this.readAt(this.scan.offset, size - this.scan.offset);
+    const { transactions, state } = scanFrames(bytes, header, this.scan);
+    const out: CapturedTx[] = [];
+    for (const tx of transactions) {
+      const pages = new Map<number, Buffer>();
+      for (const f of tx.frames) pages.set(f.pgno, f.data);
+      for (const [pgno, data] of pages) this.checksum.setPage(pgno, data);
+      this.checksum.resize(tx.dbSize);
+      this.framesCaptured += tx.frames.length;
+      out.push(this.emit(pageList(pages), tx.dbSize, false));
+    }
+    this.scan = state;
+    return out;
+  }
+
+  /**
+   * Moves the pin up to the present so checkpoints can copy what has been captured. Any pin,
+   * however old, keeps uncaptured frames safe; a fresh one just lets the WAL be reclaimed.
+   */
+  refreshPin(): CapturedTx[] {
+    const captured = this.capture();
+    this.pin();
+    return captured;
+  }
+
+  /** Captures everything, then drops both pins so other connections may restart the WAL. */
+  releasePins(): CapturedTx[] {
+    const captured = this.capture();
+    for (const db of this.opts.pins) if (db.inTransaction) db.exec('ROLLBACK');
+    this.activePin = -1;
+    this.lossPossible = true;
+    return captured;
+  }
+
+  /**
+   * Checkpoints and truncates the WAL ourselves. When the checkpoint saw exactly the frames we
+   * captured, nothing was lost; otherwise another process wrote meanwhile and the next capture
+   * resyncs.
+   */
+  checkpoint(): { captured: CapturedTx[]; complete: boolean } {
+    const captured = this.releasePins();
+    const [r] = this.writer.pragma('wal_checkpoint(TRUNCATE)') as { busy: number; log: number; checkpointed: number }[];
+    const complete = r!.busy === 0 && r!.log === this.framesCaptured && r!.checkpointed === r!.log;
+    if (complete) this.lossPossible = false;
+    this.pin();
+    return { captured, complete };
+  }
+
+  close(): void {
+    for (const db of this.opts.pins) if (db.inTransaction) db.exec('ROLLBACK');
+    closeSync(this.fd);
+  }
+
+  private emit(pages: PageImage[], dbSize: number, resync: boolean): CapturedTx {
+    this.txid += 1;
+    return {
+      epoch: this.epochValue,
+      txid: this.txid,
+      checksum: this.checksum.value,
+      pageSize: this.checksum.pageSize,
+      dbSize,
+      commitTimeMs: this.now(),
+      pages,
+      resync,
+    };
+  }
+
+  /**
+   * Frames may have been checkpointed away unseen. Under the write lock (so nothing moves),
+   * compare every page with the hashes kept and turn the differences into one transaction,
+   * then continue from the end of the current WAL.
+   */
+  private resync(): CapturedTx[] {
+    return this.underWriteLock(() => {
+      const changed = new Map<number, Buffer>();
+      const probe = new DbChecksum(this.checksum.pageSize);
+      let last = 0;
+      for (const p of readAllPages(this.writer)) {
+        last = p.pgno;
+        probe.setPage(p.pgno, p.data);
+        const [a, b] = probe.hashOf(p.pgno)!;
+        const known = this.checksum.hashOf(p.pgno);
+        if (!known || known[0] !== a || known[1] !== b) changed.set(p.pgno, p.data);
+      }
+      this.readWalToEnd();
+      this.lossPossible = false;
+      this.pin();
+      if (changed.size === 0 && last === this.checksum.pageCount) return [];
+      for (const [pgno, data] of changed) this.checksum.setPage(pgno, data);
+      this.checksum.resize(last);
+      return [this.emit(pageList(changed), last, true)];
+    });
+  }
+
+  /**
+   * Runs `fn` holding the write lock: inside the writer's transaction when it has one, else in
+   * a fresh IMMEDIATE one. Callers hold no pin when this may wait, so it cannot deadlock with a
+   * checkpointer waiting on our readers.
+   */
+  private underWriteLock<T>(fn: () => T): T {
+    if (this.writer.inTransaction) return fn();
+    const previous = this.writer.pragma('busy_timeout', { simple: true }) as number;
+    this.writer.pragma('busy_timeout = 5000');
+    try {
+      return this.writer.transaction(fn).immediate();
+    } finally {
+      this.writer.pragma(`busy_timeout = ${previous}`);
+    }
+  }
+
+  /** Moves the scan state to the end of the committed frames without emitting anything. */
+  private readWalToEnd(): void {
+    const size = fstatSync(this.fd).size;
+    const header = size >= WAL_HEADER_BYTES ? parseWalHeader(this.readAt(0, WAL_HEADER_BYTES)) : undefined;
+    this.header = header;
+    this.framesCaptured = 0;
+    if (!header) {
+      this.scan = { offset: WAL_HEADER_BYTES, cksum0: 0, cksum1: 0 };
+      return;
+    }
+    const from: ScanState = { offset: WAL_HEADER_BYTES, cksum0: header.cksum0, cksum1: header.cksum1 };
+    const { transactions, state } = scanFrames(this.readAt(WAL_HEADER_BYTES, size - WAL_HEADER_BYTES), header, from);
+    for (const tx of transactions) this.framesCaptured += tx.frames.length;
+    this.scan = state;
+  }
+
+  private readAt(offset: number, length: number): Buffer {
+    if (length <= 0) return Buffer.alloc(0);
+    if (this.readBuf.length < length) this.readBuf = Buffer.allocUnsafeSlow(Math.max(length, this.readBuf.length * 2));
+    const n = readSync(this.fd, this.readBuf, 0, length, offset);
+    // Page views handed out point into this buffer; records copy them before the next read.
+    return this.readBuf.subarray(0, n);
+  }
+
+  /** Starts a read transaction on the idle pin, then ends the other one: never zero pins. */
+  private pin(): void {
+    const next = this.activePin === 0 ? 1 : 0;
+    const s = this.pinStatements[next]!;
+    if (this.opts.pins[next].inTransaction) s.end.run();
+    s.begin.run();
+    s.read.get();
+    if (this.activePin >= 0 && this.opts.pins[this.activePin]!.inTransaction) this.pinStatements[this.activePin]!.end.run();
+    this.activePin = next;
+  }
+}

@@ -1,0 +1,165 @@
+import { crc32 } from 'node:zlib';
+import { checksumHex, type Checksum } from './checksum.js';
+
+/**
+ * Wire and log format of the replication stream. Each record is
+ *   u32 length of (type + body) | u8 type | body | u32 crc32 of (type + body)
+ * so a reader can frame records in a byte stream and refuse a damaged one.
+ */
+export const RECORD_TX = 1;
+export const RECORD_HEARTBEAT = 2;
+const ENVELOPE = 4 + 4; // length prefix + trailing crc
+
+export interface Position {
+  epoch: number;
+  txid: number;
+  checksum: Checksum;
+}
+
+export interface PageImage {
+  pgno: number;
+  data: Buffer;
+}
+
+export interface TxRecord extends Position {
+  type: typeof RECORD_TX;
+  pageSize: number;
+  /** Database size in pages after the transaction. */
+  dbSize: number;
+  /** Master's clock when it committed, in ms since the epoch (with sub-ms precision). */
+  commitTimeMs: number;
+  /** Page images, page 1 (if present) last. */
+  pages: PageImage[];
+}
+
+export interface HeartbeatRecord extends Position {
+  type: typeof RECORD_HEARTBEAT;
+  masterTimeMs: number;
+}
+
+export type ReplicationRecord = TxRecord | HeartbeatRecord;
+
+const TX_FIXED = 4 + 8 + 4 + 4 + 4 + 8 + 8; // epoch, txid, pageSize, dbSize, nPages, checksum, time
+const HEARTBEAT_FIXED = 4 + 8 + 8 + 8; // epoch, txid, checksum, time
+
+function writeChecksum(buf: Buffer, at: number, c: Checksum): void {
+  buf.writeUInt32BE(parseInt(c.slice(0, 8), 16), at);
+  buf.writeUInt32BE(parseInt(c.slice(8, 16), 16), at + 4);
+}
+
+const readChecksum = (buf: Buffer, at: number): Checksum => checksumHex(buf.readUInt32BE(at), buf.readUInt32BE(at + 4));
+
+function seal(buf: Buffer): Buffer {
+  buf.writeUInt32BE(buf.length - ENVELOPE, 0);
+  buf.writeUInt32BE(crc32(buf.subarray(4, buf.length - 4)), buf.length - 4);
+  return buf;
+}
+
+export function encodeTx(r: Omit<TxRecord, 'type'>): Buffer {
+  const size = ENVELOPE + 1 + TX_FIXED + r.pages.length * (4 + r.pageSize);
+  const buf = Buffer.allocUnsafe(size);
+  let at = 4;
+  buf[at++] = RECORD_TX;
+  buf.writeUInt32BE(r.epoch, at);
+  buf.writeDoubleBE(r.txid, at + 4);
+  buf.writeUInt32BE(r.pageSize, at + 12);
+  buf.writeUInt32BE(r.dbSize, at + 16);
+  buf.writeUInt32BE(r.pages.length, at + 20);
+  writeChecksum(buf, at + 24, r.checksum);
+  buf.writeDoubleBE(r.commitTimeMs, at + 32);
+  at += TX_FIXED;
+  for (const p of r.pages) {
+    if (p.data.length !== r.pageSize) throw new Error(`page ${p.pgno} is ${p.data.length} bytes, not ${r.pageSize}`);
+    buf.writeUInt32BE(p.pgno, at);
+    p.data.copy(buf, at + 4);
+    at += 4 + r.pageSize;
+  }
+  return seal(buf);
+}
+
+export function encodeHeartbeat(r: Omit<HeartbeatRecord, 'type'>): Buffer {
+  const buf = Buffer.allocUnsafe(ENVELOPE + 1 + HEARTBEAT_FIXED);
+  buf[4] = RECORD_HEARTBEAT;
+  buf.writeUInt32BE(r.epoch, 5);
+  buf.writeDoubleBE(r.txid, 9);
+  writeChecksum(buf, 17, r.checksum);
+  buf.writeDoubleBE(r.masterTimeMs, 25);
+  return seal(buf);
+}
+
+export class CorruptRecordError extends Error {}
+
+/** Decodes one sealed record (length prefix included). Page data are views into `buf`. */
+export function decodeRecord(buf: Buffer): ReplicationRecord {
+  if (buf.length < ENVELOPE + 1 || buf.readUInt32BE(0) !== buf.length - ENVELOPE) throw new CorruptRecordError('bad record length');
+  const body = buf.subarray(4, buf.length - 4);
+  if (crc32(body) !== buf.readUInt32BE(buf.length - 4)) throw new CorruptRecordError('record crc mismatch');
+  const type = body[0];
+  if (type === RECORD_HEARTBEAT && body.length === 1 + HEARTBEAT_FIXED) {
+    return {
+      type,
+      epoch: body.readUInt32BE(1),
+      txid: body.readDoubleBE(5),
+      checksum: readChecksum(body, 13),
+      masterTimeMs: body.readDoubleBE(21),
+    };
+  }
+  if (type !== RECORD_TX || body.length < 1 + TX_FIXED) throw new CorruptRecordError(`unknown record type ${type}`);
+  const pageSize = body.readUInt32BE(9);
+  const n = body.readUInt32BE(17);
+  if (body.length !== 1 + TX_FIXED + n * (4 + pageSize)) throw new CorruptRecordError('record size does not match its page count');
+  const pages: PageImage[] = [];
+  for (let i = 0, at = 1 + TX_FIXED; i < n; i++, at += 4 + pageSize) {
+    pages.push({ pgno: body.readUInt32BE(at), data: body.subarray(at + 4, at + 4 + pageSize) });
+  }
+  return {
+    type,
+    epoch: body.readUInt32BE(1),
+    txid: body.readDoubleBE(5),
+    pageSize,
+    dbSize: body.readUInt32BE(13),
+    checksum: readChecksum(body, 21),
+    commitTimeMs: body.readDoubleBE(29),
+    pages,
+  };
+}
+
+/**
+ * Splits a byte stream into sealed records. Feed it chunks as they arrive; it returns every
+ * record completed so far and keeps the remainder.
+ */
+export class RecordFramer {
+  private buffered: Buffer[] = [];
+  private size = 0;
+  /** Bytes the record at the head needs, once its length prefix has arrived. */
+  private needed = 0;
+
+  constructor(private readonly maxRecordBytes: number) {}
+
+  push(chunk: Buffer): Buffer[] {
+    this.buffered.push(chunk);
+    this.size += chunk.length;
+    const out: Buffer[] = [];
+    for (;;) {
+      if (this.needed === 0) {
+        if (this.size < 4) break;
+        this.needed = this.joined().readUInt32BE(0) + ENVELOPE;
+        if (this.needed > this.maxRecordBytes) throw new CorruptRecordError(`record of ${this.needed} bytes exceeds the limit`);
+      }
+      if (this.size < this.needed) break;
+      // Joining only once a record is complete keeps a multi-MiB record linear to assemble.
+      const all = this.joined();
+      out.push(all.subarray(0, this.needed));
+      const rest = all.subarray(this.needed);
+      this.buffered = rest.length ? [rest] : [];
+      this.size = rest.length;
+      this.needed = 0;
+    }
+    return out;
+  }
+
+  private joined(): Buffer {
+    if (this.buffered.length !== 1) this.buffered = [Buffer.concat(this.buffered, this.size)];
+    return this.buffered[0]!;
+  }
+}

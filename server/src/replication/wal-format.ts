@@ -1,0 +1,127 @@
+/**
+ * SQLite's write-ahead log format (https://www.sqlite.org/fileformat2.html#walformat):
+ * a 32-byte header, then frames of a 24-byte header plus one page. Every value is big-endian;
+ * the checksums run over 32-bit words whose byte order the header's magic number selects.
+ * Pure functions, no I/O.
+ */
+export const WAL_HEADER_BYTES = 32;
+export const FRAME_HEADER_BYTES = 24;
+const MAGIC_LE = 0x377f0682;
+const MAGIC_BE = 0x377f0683;
+const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+export interface WalHeader {
+  pageSize: number;
+  checkpointSeq: number;
+  salt1: number;
+  salt2: number;
+  /** Checksum words are big-endian (magic ends in 3) or little-endian. */
+  bigEndian: boolean;
+  /** Running checksum after the header: the seed of the first frame's checksum. */
+  cksum0: number;
+  cksum1: number;
+}
+
+export interface Frame {
+  pgno: number;
+  /** Database size in pages after the commit, on a commit frame; 0 otherwise. */
+  commitSize: number;
+  /** The page image: a view into the buffer that was parsed, not a copy. */
+  data: Buffer;
+}
+
+/**
+ * SQLite's WAL checksum: for each pair of words (x0, x1), s0 += x0 + s1; s1 += x1 + s0, all
+ * modulo 2^32. `buf` must hold a multiple of 8 bytes.
+ */
+export function walChecksum(buf: Buffer, bigEndian: boolean, s0: number, s1: number): [number, number] {
+  const n = buf.length;
+  // Fast path: native little-endian words read straight from an aligned view (x86 and ARM
+  // write their WALs little-endian).
+  if (!bigEndian && LITTLE_ENDIAN_HOST && (buf.byteOffset & 3) === 0) {
+    const w = new Uint32Array(buf.buffer, buf.byteOffset, n >>> 2);
+    for (let i = 0; i < w.length; i += 2) {
+      s0 = (s0 + w[i]! + s1) >>> 0;
+      s1 = (s1 + w[i + 1]! + s0) >>> 0;
+    }
+    return [s0, s1];
+  }
+  for (let i = 0; i < n; i += 8) {
+    const x0 = bigEndian ? buf.readUInt32BE(i) : buf.readUInt32LE(i);
+    const x1 = bigEndian ? buf.readUInt32BE(i + 4) : buf.readUInt32LE(i + 4);
+    s0 = (s0 + x0 + s1) >>> 0;
+    s1 = (s1 + x1 + s0) >>> 0;
+  }
+  return [s0, s1];
+}
+
+/** Parses and verifies a WAL header; undefined when it is absent, torn or not a WAL. */
+export function parseWalHeader(buf: Buffer): WalHeader | undefined {
+  if (buf.length < WAL_HEADER_BYTES) return undefined;
+  const magic = buf.readUInt32BE(0);
+  if (magic !== MAGIC_LE && magic !== MAGIC_BE) return undefined;
+  const bigEndian = magic === MAGIC_BE;
+  const pageSize = buf.readUInt32BE(8);
+  const [c0, c1] = walChecksum(buf.subarray(0, 24), bigEndian, 0, 0);
+  if (c0 !== buf.readUInt32BE(24) || c1 !== buf.readUInt32BE(28)) return undefined;
+  return {
+    pageSize: pageSize === 1 ? 65536 : pageSize,
+    checkpointSeq: buf.readUInt32BE(12),
+    salt1: buf.readUInt32BE(16),
+    salt2: buf.readUInt32BE(20),
+    bigEndian,
+    cksum0: c0,
+    cksum1: c1,
+  };
+}
+
+export interface ScanState {
+  /** Offset of the next frame to read, relative to the start of the WAL file. */
+  offset: number;
+  cksum0: number;
+  cksum1: number;
+}
+
+export interface CommittedTx {
+  frames: Frame[];
+  dbSize: number;
+  /** WAL offset just past the commit frame. */
+  endOffset: number;
+}
+
+export interface ScanResult {
+  transactions: CommittedTx[];
+  /** State just past the last commit frame; frames after it are not yet committed. */
+  state: ScanState;
+}
+
+/**
+ * Walks the frames in `buf` (which starts at WAL offset `from.offset`), verifying salts and
+ * the checksum chain, and groups them into committed transactions. It stops at the first frame
+ * that does not verify: that is where SQLite's own log ends (the rest is a torn write, or a
+ * previous generation of the file).
+ */
+export function scanFrames(buf: Buffer, header: WalHeader, from: ScanState): ScanResult {
+  const frameBytes = FRAME_HEADER_BYTES + header.pageSize;
+  const transactions: CommittedTx[] = [];
+  let state = from;
+  let s0 = from.cksum0;
+  let s1 = from.cksum1;
+  let pending: Frame[] = [];
+  for (let at = 0; at + frameBytes <= buf.length; at += frameBytes) {
+    if (buf.readUInt32BE(at + 8) !== header.salt1 || buf.readUInt32BE(at + 12) !== header.salt2) break;
+    [s0, s1] = walChecksum(buf.subarray(at, at + 8), header.bigEndian, s0, s1);
+    const data = buf.subarray(at + FRAME_HEADER_BYTES, at + frameBytes);
+    [s0, s1] = walChecksum(data, header.bigEndian, s0, s1);
+    if (s0 !== buf.readUInt32BE(at + 16) || s1 !== buf.readUInt32BE(at + 20)) break;
+    const frame: Frame = { pgno: buf.readUInt32BE(at), commitSize: buf.readUInt32BE(at + 4), data };
+    pending.push(frame);
+    if (frame.commitSize > 0) {
+      const endOffset = from.offset + at + frameBytes;
+      transactions.push({ frames: pending, dbSize: frame.commitSize, endOffset });
+      pending = [];
+      state = { offset: endOffset, cksum0: s0, cksum1: s1 };
+    }
+  }
+  return { transactions, state };
+}
