@@ -28,7 +28,21 @@ export const envSchema = z.object({
   NEBULAGC_ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
   NEBULAGC_NODE_ID: z.string().min(1).default(os.hostname()),
   NEBULAGC_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-  NEBULAGC_HA_MODE: z.enum(['standalone']).default('standalone'),
+  NEBULAGC_HA_MODE: z.enum(['standalone', 'master', 'replica']).default('standalone'),
+  NEBULAGC_MASTER_URL: z.url({ protocol: /^https?$/ }).optional(),
+  NEBULAGC_ADVERTISE_URL: z.url({ protocol: /^https?$/ }).optional(),
+  NEBULAGC_REPLICATION_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  NEBULAGC_REPLICA_WRITES: z.enum(['redirect', 'proxy', 'reject']).default('redirect'),
+  NEBULAGC_MAX_REPLICA_LAG_MS: positiveInt(5000),
+  NEBULAGC_MIN_TXID_WAIT_MS: nonNegative(2000),
+  NEBULAGC_STALE_READS: z.enum(['unavailable', 'redirect']).default('unavailable'),
+  NEBULAGC_REPLICATION_LOG_BYTES: positiveInt(256 * 1024 * 1024),
+  NEBULAGC_REPLICATION_LOG_MAX_AGE_S: positiveInt(24 * 3600),
+  NEBULAGC_REPLICATION_MEMORY_BYTES: positiveInt(64 * 1024 * 1024),
+  NEBULAGC_WAL_CHECKPOINT_BYTES: nonNegative(8 * 1024 * 1024),
+  NEBULAGC_TLS_CERT: z.string().min(1).optional(),
+  NEBULAGC_TLS_KEY: z.string().min(1).optional(),
+  NEBULAGC_TLS_CA: z.string().min(1).optional(),
   NEBULAGC_DB_SYNCHRONOUS: z.enum(['FULL', 'NORMAL']).default('FULL'),
   NEBULAGC_MAX_BODY_BYTES: positiveInt(64 * 1024),
   NEBULAGC_MAX_BUNDLE_BYTES: positiveInt(10 * 1024 * 1024),
@@ -59,12 +73,27 @@ export interface Config {
   nodeId: string;
   logLevel: Env['NEBULAGC_LOG_LEVEL'];
   haMode: Env['NEBULAGC_HA_MODE'];
+  replication: ReplicationConfig;
+  tls: { cert: string; key: string; ca: string | undefined } | undefined;
   synchronous: Env['NEBULAGC_DB_SYNCHRONOUS'];
   maxBodyBytes: number;
   maxBundleBytes: number;
   heartbeatFlushMs: number;
   trustProxy: boolean;
   rateLimits: { ip: RateLimit; node: RateLimit; cluster: RateLimit };
+}
+
+export interface ReplicationConfig {
+  masterUrl: string | undefined;
+  /** The URL clients should use to reach this node's API; masters put it in redirects. */
+  advertiseUrl: string;
+  secret: string | undefined;
+  replicaWrites: Env['NEBULAGC_REPLICA_WRITES'];
+  maxReplicaLagMs: number;
+  minTxidWaitMs: number;
+  staleReads: Env['NEBULAGC_STALE_READS'];
+  log: { maxBytes: number; maxAgeMs: number; memoryBytes: number };
+  walCheckpointBytes: number;
 }
 
 export class ConfigError extends Error {}
@@ -83,6 +112,18 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
     throw new ConfigError(`invalid ${key}: ${issue.message}`);
   }
   const e = parsed.data;
+  const mode = e.NEBULAGC_HA_MODE;
+  if (mode !== 'standalone' && !e.NEBULAGC_REPLICATION_SECRET) {
+    throw new ConfigError(`invalid NEBULAGC_REPLICATION_SECRET: required when NEBULAGC_HA_MODE=${mode}`);
+  }
+  if (mode === 'replica' && !e.NEBULAGC_MASTER_URL) {
+    throw new ConfigError('invalid NEBULAGC_MASTER_URL: required when NEBULAGC_HA_MODE=replica');
+  }
+  if ((e.NEBULAGC_TLS_CERT === undefined) !== (e.NEBULAGC_TLS_KEY === undefined)) {
+    throw new ConfigError('invalid NEBULAGC_TLS_KEY: NEBULAGC_TLS_CERT and NEBULAGC_TLS_KEY go together');
+  }
+  const scheme = e.NEBULAGC_TLS_CERT ? 'https' : 'http';
+  const listenHost = e.NEBULAGC_LISTEN.host === '0.0.0.0' || e.NEBULAGC_LISTEN.host === '::' ? os.hostname() : e.NEBULAGC_LISTEN.host;
   return {
     listen: e.NEBULAGC_LISTEN,
     dbPath: e.NEBULAGC_DB_PATH,
@@ -91,7 +132,23 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
     adminToken: e.NEBULAGC_ADMIN_TOKEN,
     nodeId: e.NEBULAGC_NODE_ID,
     logLevel: e.NEBULAGC_LOG_LEVEL,
-    haMode: e.NEBULAGC_HA_MODE,
+    haMode: mode,
+    replication: {
+      masterUrl: e.NEBULAGC_MASTER_URL?.replace(/\/+$/, ''),
+      advertiseUrl: (e.NEBULAGC_ADVERTISE_URL ?? `${scheme}://${listenHost}:${e.NEBULAGC_LISTEN.port}`).replace(/\/+$/, ''),
+      secret: e.NEBULAGC_REPLICATION_SECRET,
+      replicaWrites: e.NEBULAGC_REPLICA_WRITES,
+      maxReplicaLagMs: e.NEBULAGC_MAX_REPLICA_LAG_MS,
+      minTxidWaitMs: e.NEBULAGC_MIN_TXID_WAIT_MS,
+      staleReads: e.NEBULAGC_STALE_READS,
+      log: {
+        maxBytes: e.NEBULAGC_REPLICATION_LOG_BYTES,
+        maxAgeMs: e.NEBULAGC_REPLICATION_LOG_MAX_AGE_S * 1000,
+        memoryBytes: e.NEBULAGC_REPLICATION_MEMORY_BYTES,
+      },
+      walCheckpointBytes: e.NEBULAGC_WAL_CHECKPOINT_BYTES,
+    },
+    tls: e.NEBULAGC_TLS_CERT && e.NEBULAGC_TLS_KEY ? { cert: e.NEBULAGC_TLS_CERT, key: e.NEBULAGC_TLS_KEY, ca: e.NEBULAGC_TLS_CA } : undefined,
     synchronous: e.NEBULAGC_DB_SYNCHRONOUS,
     maxBodyBytes: e.NEBULAGC_MAX_BODY_BYTES,
     maxBundleBytes: e.NEBULAGC_MAX_BUNDLE_BYTES,

@@ -26,3 +26,18 @@ export function openDatabase(file: string, opts: OpenOptions = {}): Db {
   }
   return db;
 }
+
+const statementCache = new WeakMap<Db, Map<string, Database.Statement>>();
+
+/**
+ * A prepared statement, compiled once per connection. better-sqlite3 does not cache, and
+ * compiling dominated the cost of a daemon poll. Callers build SQL only from fixed pieces, so
+ * the cache stays small.
+ */
+export function stmt(db: Db, sql: string): Database.Statement {
+  let cache = statementCache.get(db);
+  if (!cache) statementCache.set(db, (cache = new Map()));
+  let s = cache.get(sql);
+  if (!s) cache.set(sql, (s = db.prepare(sql)));
+  return s;
+}

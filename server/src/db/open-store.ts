@@ -1,3 +1,4 @@
+import { ChangeTracker } from './change-tracker.js';
 import { openDatabase, type Synchronous } from './connection.js';
 import { migrate, type MigrationResult } from './migrations.js';
 import { Writer } from './writer.js';
@@ -21,7 +22,14 @@ export function openStore(opts: { dbPath: string; synchronous: Synchronous; secr
   }
   const reader = openDatabase(opts.dbPath, { readonly: true });
   const writer = new Writer(writeDb);
-  const store: Store = { reader, writer, secret: opts.secret, now: () => new Date().toISOString() };
+  const store: Store = {
+    reader,
+    writer,
+    secret: opts.secret,
+    now: () => new Date().toISOString(),
+    changes: new ChangeTracker(() => store.reader),
+  };
+  writer.onCommit(() => store.changes.bump());
   return {
     store,
     migration,

@@ -10,6 +10,16 @@ export interface CommitInfo {
 
 export type CommitHook = (info: CommitInfo) => void;
 
+export interface LockWait {
+  /** Busy timeout of the first attempt. */
+  quickMs: number;
+  /** Busy timeout once `beforeWait` has released what might block the lock holder. */
+  patienceMs: number;
+  beforeWait(): void;
+  /** Runs first inside the transaction once the lock is held. */
+  afterAcquire(): void;
+}
+
 /** Thrown when the node is not allowed to write (a replica, or a master that lost its lease). */
 export class WritesRefusedError extends Error {
   constructor(readonly reason: string) {
@@ -27,6 +37,7 @@ export class Writer {
   private seq = 0;
   private readonly hooks: CommitHook[] = [];
   private refusal: string | undefined;
+  private lockWait: LockWait | undefined;
 
   constructor(readonly db: Db) {}
 
@@ -34,10 +45,42 @@ export class Writer {
   write<T>(label: string, fn: (db: Db) => T): T {
     if (this.refusal !== undefined) throw new WritesRefusedError(this.refusal);
     const started = performance.now();
-    const result = this.db.transaction(() => fn(this.db)).immediate();
+    let result: T;
+    try {
+      result = this.db.transaction(() => fn(this.db)).immediate();
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'SQLITE_BUSY' || !this.lockWait) throw err;
+      result = this.writeAfterWaiting(this.lockWait, fn);
+    }
     const info: CommitInfo = { seq: ++this.seq, label, durationMs: performance.now() - started };
     for (const hook of this.hooks) hook(info);
     return result;
+  }
+
+  /**
+   * Replication pins the WAL with a read transaction. Another process's checkpoint may hold the
+   * write lock while it waits for that reader, so the writer first tries with a short busy
+   * timeout; on SQLITE_BUSY it lets the hook release what it holds, then waits for real
+   * (DESIGN §3, the litestream stall trap).
+   */
+  setLockWait(wait: LockWait): void {
+    this.lockWait = wait;
+    this.db.pragma(`busy_timeout = ${wait.quickMs}`);
+  }
+
+  private writeAfterWaiting<T>(wait: LockWait, fn: (db: Db) => T): T {
+    wait.beforeWait();
+    this.db.pragma(`busy_timeout = ${wait.patienceMs}`);
+    try {
+      return this.db
+        .transaction(() => {
+          wait.afterAcquire();
+          return fn(this.db);
+        })
+        .immediate();
+    } finally {
+      this.db.pragma(`busy_timeout = ${wait.quickMs}`);
+    }
   }
 
   onCommit(hook: CommitHook): () => void {

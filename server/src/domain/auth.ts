@@ -1,3 +1,4 @@
+import { stmt } from '../db/connection.js';
 import { hashesEqual, hashToken } from './tokens.js';
 import { forbidden, invalid } from './errors.js';
 import type { Store } from './store.js';
@@ -17,14 +18,13 @@ export type Presented = { kind: 'bearer' | 'node' | 'cluster'; token: string };
 export function authenticate(store: Store, presented: Presented): Principal | undefined {
   const digest = hashToken(store.secret, presented.token);
   if (presented.kind === 'bearer') {
-    const op = store.reader.prepare('SELECT id, token_hash FROM operator_tokens WHERE token_hash = ?').get(digest) as
+    const op = stmt(store.reader, 'SELECT id, token_hash FROM operator_tokens WHERE token_hash = ?').get(digest) as
       | { id: string; token_hash: string }
       | undefined;
     if (op && hashesEqual(op.token_hash, digest)) return { kind: 'operator', id: op.id };
   }
   if (presented.kind === 'bearer' || presented.kind === 'node') {
-    const n = store.reader
-      .prepare(
+    const n = stmt(store.reader, 
         `SELECT n.id, n.cluster_id, n.is_admin, n.token_hash, c.tenant_id
          FROM nodes n JOIN clusters c ON c.id = n.cluster_id WHERE n.token_hash = ?`,
       )
@@ -36,7 +36,7 @@ export function authenticate(store: Store, presented: Presented): Principal | un
     }
   }
   if (presented.kind === 'cluster') {
-    const c = store.reader.prepare('SELECT id, tenant_id, token_hash FROM clusters WHERE token_hash = ?').get(digest) as
+    const c = stmt(store.reader, 'SELECT id, tenant_id, token_hash FROM clusters WHERE token_hash = ?').get(digest) as
       | { id: string; tenant_id: string; token_hash: string }
       | undefined;
     if (c && hashesEqual(c.token_hash, digest)) return { kind: 'cluster', clusterId: c.id, tenantId: c.tenant_id };
@@ -109,4 +109,34 @@ export function nodeReadScope(p: Principal, nodeId: string, clusterOf: (nodeId: 
 export function nodeWriteScope(p: Principal, nodeId: string, clusterOf: (nodeId: string) => string): string {
   if (p.kind === 'operator') return clusterOf(nodeId);
   return requireClusterAdmin(p, undefined);
+}
+
+/**
+ * Remembers token -> principal until the database changes (see ChangeTracker), so a revoked or
+ * rotated token stops working on the next request, while the thousands of daemon polls in
+ * between skip the HMAC and the lookup.
+ */
+export class PrincipalCache {
+  private entries = new Map<string, Principal | null>();
+  private version = -1;
+
+  constructor(
+    private readonly store: Store,
+    private readonly maxEntries = 50_000,
+  ) {}
+
+  authenticate(presented: Presented): Principal | undefined {
+    const version = this.store.changes.current();
+    if (version !== this.version || this.entries.size >= this.maxEntries) {
+      this.entries.clear();
+      this.version = version;
+    }
+    const key = `${presented.kind}\u0000${presented.token}`;
+    let hit = this.entries.get(key);
+    if (hit === undefined) {
+      hit = authenticate(this.store, presented) ?? null;
+      this.entries.set(key, hit);
+    }
+    return hit ?? undefined;
+  }
 }

@@ -1,6 +1,7 @@
+import { stmt } from '../db/connection.js';
 import { bumpConfigVersion } from './clusters.js';
 import { conflict, notFound } from './errors.js';
-import type { Page, Store } from './store.js';
+import { memo, type Page, type Store } from './store.js';
 import type { InspectedBundle } from './bundle-archive.js';
 
 export interface BundleMeta {
@@ -32,34 +33,36 @@ const toMeta = <T extends MetaRow>(r: T): T & { current: boolean } => ({ ...r, c
 export function storeBundle(store: Store, clusterId: string, bundle: InspectedBundle, createdBy: string): BundleMeta {
   const now = store.now();
   const version = store.writer.write('bundle.store', (db) => {
-    const next = db
-      .prepare('SELECT coalesce(max(version), 0) + 1 AS v FROM config_bundles WHERE cluster_id = ?')
+    const next = stmt(db, 'SELECT coalesce(max(version), 0) + 1 AS v FROM config_bundles WHERE cluster_id = ?')
       .get(clusterId) as { v: number };
-    db.prepare(
+    stmt(db, 
       `INSERT INTO config_bundles (cluster_id, version, data, sha256, size_bytes, created_by, created_at)
        VALUES (?, ?, ?, ?, ?, ?, ?)`,
     ).run(clusterId, next.v, bundle.data, bundle.sha256, bundle.data.length, createdBy, now);
-    db.prepare('UPDATE clusters SET current_bundle_version = ? WHERE id = ?').run(next.v, clusterId);
+    stmt(db, 'UPDATE clusters SET current_bundle_version = ? WHERE id = ?').run(next.v, clusterId);
     bumpConfigVersion(db, clusterId, now);
     return next.v;
   });
   return getBundleMeta(store, clusterId, version);
 }
 
-export function getBundleMeta(store: Store, clusterId: string, version: number): BundleMeta {
-  const row = store.reader
-    .prepare(
+/** Metadata of a given version, or of the current one when `version` is omitted (cached: daemons ask it on every 304). */
+export function getBundleMeta(store: Store, clusterId: string, version?: number): BundleMeta {
+  return memo(store, `bundle-meta:${clusterId}:${version ?? 'current'}`, () => readBundleMeta(store, clusterId, version));
+}
+
+function readBundleMeta(store: Store, clusterId: string, version: number | undefined): BundleMeta {
+  const row = stmt(store.reader, 
       `SELECT ${META} FROM config_bundles b JOIN clusters c ON c.id = b.cluster_id
-       WHERE b.cluster_id = ? AND b.version = ?`,
+       WHERE b.cluster_id = ? AND b.version = coalesce(?, c.current_bundle_version)`,
     )
-    .get(clusterId, version) as MetaRow | undefined;
-  if (!row) throw notFound('bundle version');
+    .get(clusterId, version ?? null) as MetaRow | undefined;
+  if (!row) throw notFound(version === undefined ? 'current bundle' : 'bundle version');
   return toMeta(row);
 }
 
 export function listBundles(store: Store, clusterId: string, page: Page): BundleMeta[] {
-  const rows = store.reader
-    .prepare(
+  const rows = stmt(store.reader, 
       `SELECT ${META} FROM config_bundles b JOIN clusters c ON c.id = b.cluster_id
        WHERE b.cluster_id = ? ORDER BY b.version DESC LIMIT ? OFFSET ?`,
     )
@@ -69,8 +72,7 @@ export function listBundles(store: Store, clusterId: string, page: Page): Bundle
 
 /** A given version, or the current one when `version` is omitted. */
 export function getBundle(store: Store, clusterId: string, version?: number): Bundle {
-  const row = store.reader
-    .prepare(
+  const row = stmt(store.reader, 
       `SELECT ${META}, b.data FROM config_bundles b JOIN clusters c ON c.id = b.cluster_id
        WHERE b.cluster_id = ? AND b.version = coalesce(?, c.current_bundle_version)`,
     )
@@ -81,20 +83,23 @@ export function getBundle(store: Store, clusterId: string, version?: number): Bu
 
 export function deleteBundle(store: Store, clusterId: string, version: number): void {
   store.writer.write('bundle.delete', (db) => {
-    const c = db.prepare('SELECT current_bundle_version AS cur FROM clusters WHERE id = ?').get(clusterId) as
+    const c = stmt(db, 'SELECT current_bundle_version AS cur FROM clusters WHERE id = ?').get(clusterId) as
       | { cur: number | null }
       | undefined;
     if (!c) throw notFound('cluster');
     if (c.cur === version) throw conflict('the current bundle version cannot be deleted; upload a newer one first');
-    const r = db.prepare('DELETE FROM config_bundles WHERE cluster_id = ? AND version = ?').run(clusterId, version);
+    const r = stmt(db, 'DELETE FROM config_bundles WHERE cluster_id = ? AND version = ?').run(clusterId, version);
     if (r.changes === 0) throw notFound('bundle version');
   });
 }
 
-/** What a daemon polls: cheap, one indexed row. */
+/** What every daemon polls: answered from memory until the database changes. */
 export function getConfigVersion(store: Store, clusterId: string): ConfigVersion {
-  const row = store.reader
-    .prepare(
+  return memo(store, `config-version:${clusterId}`, () => readConfigVersion(store, clusterId));
+}
+
+function readConfigVersion(store: Store, clusterId: string): ConfigVersion {
+  const row = stmt(store.reader, 
       `SELECT c.id AS cluster_id, c.config_version, c.current_bundle_version AS bundle_version, b.sha256 AS bundle_sha256
        FROM clusters c LEFT JOIN config_bundles b ON b.cluster_id = c.id AND b.version = c.current_bundle_version
        WHERE c.id = ?`,

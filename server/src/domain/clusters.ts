@@ -1,4 +1,4 @@
-import type { Db } from '../db/connection.js';
+import { stmt, type Db } from '../db/connection.js';
 import { notFound, rethrowUnique } from './errors.js';
 import { open, seal } from './secret-box.js';
 import { newId, type Page, type Store } from './store.js';
@@ -28,8 +28,7 @@ const toCluster = (r: Row): Cluster => ({ ...r, has_ca_key: r.has_ca_key === 1 }
 
 /** Every change that can alter what a daemon renders bumps this, inside the same transaction. */
 export function bumpConfigVersion(db: Db, clusterId: string, now: string): number {
-  const row = db
-    .prepare('UPDATE clusters SET config_version = config_version + 1, updated_at = ? WHERE id = ? RETURNING config_version')
+  const row = stmt(db, 'UPDATE clusters SET config_version = config_version + 1, updated_at = ? WHERE id = ? RETURNING config_version')
     .get(now, clusterId) as { config_version: number } | undefined;
   if (!row) throw notFound('cluster');
   return row.config_version;
@@ -42,9 +41,9 @@ export function createCluster(store: Store, input: ClusterCreate): { cluster: Cl
   const sealedKey = input.ca_key ? seal(store.secret, CA_KEY_PURPOSE, Buffer.from(input.ca_key, 'utf8')) : null;
   try {
     store.writer.write('cluster.create', (db) => {
-      const tenant = db.prepare('SELECT 1 FROM tenants WHERE id = ?').get(input.tenant_id);
+      const tenant = stmt(db, 'SELECT 1 FROM tenants WHERE id = ?').get(input.tenant_id);
       if (!tenant) throw notFound('tenant');
-      db.prepare(
+      stmt(db, 
         `INSERT INTO clusters (id, tenant_id, name, token_hash, lighthouse_port, ca_cert, ca_key_encrypted, created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ).run(
@@ -66,31 +65,29 @@ export function createCluster(store: Store, input: ClusterCreate): { cluster: Cl
 }
 
 export function getCluster(store: Store, id: string): Cluster {
-  const row = store.reader.prepare(`${SELECT} WHERE id = ?`).get(id) as Row | undefined;
+  const row = stmt(store.reader, `${SELECT} WHERE id = ?`).get(id) as Row | undefined;
   if (!row) throw notFound('cluster');
   return toCluster(row);
 }
 
 export function listClusters(store: Store, filter: { tenant_id?: string | undefined }, page: Page): Cluster[] {
   const rows = filter.tenant_id
-    ? store.reader
-        .prepare(`${SELECT} WHERE tenant_id = ? ORDER BY name LIMIT ? OFFSET ?`)
+    ? stmt(store.reader, `${SELECT} WHERE tenant_id = ? ORDER BY name LIMIT ? OFFSET ?`)
         .all(filter.tenant_id, page.limit, page.offset)
-    : store.reader.prepare(`${SELECT} ORDER BY tenant_id, name LIMIT ? OFFSET ?`).all(page.limit, page.offset);
+    : stmt(store.reader, `${SELECT} ORDER BY tenant_id, name LIMIT ? OFFSET ?`).all(page.limit, page.offset);
   return (rows as Row[]).map(toCluster);
 }
 
 export function deleteCluster(store: Store, id: string): void {
   store.writer.write('cluster.delete', (db) => {
-    if (db.prepare('DELETE FROM clusters WHERE id = ?').run(id).changes === 0) throw notFound('cluster');
+    if (stmt(db, 'DELETE FROM clusters WHERE id = ?').run(id).changes === 0) throw notFound('cluster');
   });
 }
 
 export function rotateClusterToken(store: Store, id: string): string {
   const token = generateToken('cluster');
   store.writer.write('cluster.rotate-token', (db) => {
-    const r = db
-      .prepare('UPDATE clusters SET token_hash = ?, updated_at = ? WHERE id = ?')
+    const r = stmt(db, 'UPDATE clusters SET token_hash = ?, updated_at = ? WHERE id = ?')
       .run(hashToken(store.secret, token), store.now(), id);
     if (r.changes === 0) throw notFound('cluster');
   });
@@ -99,7 +96,7 @@ export function rotateClusterToken(store: Store, id: string): string {
 
 /** The CA private key in the clear, for signing. Never returned by the API. */
 export function readCaKey(store: Store, id: string): string | null {
-  const row = store.reader.prepare('SELECT ca_key_encrypted FROM clusters WHERE id = ?').get(id) as
+  const row = stmt(store.reader, 'SELECT ca_key_encrypted FROM clusters WHERE id = ?').get(id) as
     | { ca_key_encrypted: Buffer | null }
     | undefined;
   if (!row) throw notFound('cluster');

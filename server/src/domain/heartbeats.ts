@@ -1,3 +1,4 @@
+import { stmt } from '../db/connection.js';
 import type { Store } from './store.js';
 
 export interface HeartbeatStats {
@@ -20,6 +21,8 @@ export class HeartbeatCoalescer {
     private readonly store: Store,
     private readonly intervalMs: number,
     private readonly onError: (err: unknown) => void,
+    /** Where a batch goes: the local database by default; a replica forwards it to the master. */
+    private readonly sink: (batch: Map<string, string>) => number = (batch) => writeHeartbeats(store, batch),
   ) {}
 
   start(): void {
@@ -46,12 +49,7 @@ export class HeartbeatCoalescer {
     const batch = this.pending;
     this.pending = new Map();
     try {
-      const updated = this.store.writer.write('heartbeat.flush', (db) => {
-        const stmt = db.prepare('UPDATE nodes SET last_seen_at = ? WHERE id = ? AND (last_seen_at IS NULL OR last_seen_at < ?)');
-        let n = 0;
-        for (const [id, at] of batch) n += stmt.run(at, id, at).changes;
-        return n;
-      });
+      const updated = this.sink(batch);
       this.stats.flushes++;
       this.stats.flushedRows += updated;
       return updated;
@@ -75,4 +73,14 @@ export class HeartbeatCoalescer {
     this.timer = undefined;
     this.flushSafely();
   }
+}
+
+/** Stores a batch of heartbeats (node id -> time) in one transaction; never moves time backwards. */
+export function writeHeartbeats(store: Store, batch: Map<string, string>): number {
+  return store.writer.write('heartbeat.flush', (db) => {
+    const update = stmt(db, 'UPDATE nodes SET last_seen_at = ? WHERE id = ? AND (last_seen_at IS NULL OR last_seen_at < ?)');
+    let n = 0;
+    for (const [id, at] of batch) n += update.run(at, id, at).changes;
+    return n;
+  });
 }

@@ -1,3 +1,4 @@
+import { stmt } from '../db/connection.js';
 import { bumpConfigVersion } from './clusters.js';
 import { notFound, rethrowUnique } from './errors.js';
 import { newId, sqlBool, type Page, type Store } from './store.js';
@@ -64,7 +65,7 @@ export function createNode(store: Store, clusterId: string, input: NodeCreate): 
   const now = store.now();
   try {
     store.writer.write('node.create', (db) => {
-      db.prepare(
+      stmt(db, 
         `INSERT INTO nodes (id, cluster_id, name, token_hash, is_admin, mtu, routes, overlay_ip, public_ip, created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ).run(
@@ -90,7 +91,7 @@ export function createNode(store: Store, clusterId: string, input: NodeCreate): 
 
 /** Looks a node up within one cluster only: another cluster's node is simply not found. */
 export function getNode(store: Store, clusterId: string, id: string): Node {
-  const row = store.reader.prepare(`SELECT ${COLUMNS} FROM nodes WHERE id = ? AND cluster_id = ?`).get(id, clusterId) as
+  const row = stmt(store.reader, `SELECT ${COLUMNS} FROM nodes WHERE id = ? AND cluster_id = ?`).get(id, clusterId) as
     | Row
     | undefined;
   if (!row) throw notFound('node');
@@ -104,8 +105,7 @@ export function listNodes(store: Store, clusterId: string, filter: NodeFilter, p
   if (filter.is_admin !== undefined) (where.push('is_admin = ?'), args.push(sqlBool(filter.is_admin)));
   if (filter.is_lighthouse !== undefined) (where.push('is_lighthouse = ?'), args.push(sqlBool(filter.is_lighthouse)));
   if (filter.is_relay !== undefined) (where.push('is_relay = ?'), args.push(sqlBool(filter.is_relay)));
-  const rows = store.reader
-    .prepare(`SELECT ${COLUMNS} FROM nodes WHERE ${where.join(' AND ')} ORDER BY name LIMIT ? OFFSET ?`)
+  const rows = stmt(store.reader, `SELECT ${COLUMNS} FROM nodes WHERE ${where.join(' AND ')} ORDER BY name LIMIT ? OFFSET ?`)
     .all(...args, page.limit, page.offset) as Row[];
   return rows.map(toNode);
 }
@@ -121,8 +121,7 @@ export function updateNode(store: Store, clusterId: string, id: string, input: N
   const now = store.now();
   try {
     store.writer.write('node.update', (db) => {
-      const r = db
-        .prepare(`UPDATE nodes SET ${sets.join(', ')}, updated_at = ? WHERE id = ? AND cluster_id = ?`)
+      const r = stmt(db, `UPDATE nodes SET ${sets.join(', ')}, updated_at = ? WHERE id = ? AND cluster_id = ?`)
         .run(...args, now, id, clusterId);
       if (r.changes === 0) throw notFound('node');
       bumpConfigVersion(db, clusterId, now);
@@ -136,7 +135,7 @@ export function updateNode(store: Store, clusterId: string, id: string, input: N
 export function deleteNode(store: Store, clusterId: string, id: string): void {
   const now = store.now();
   store.writer.write('node.delete', (db) => {
-    if (db.prepare('DELETE FROM nodes WHERE id = ? AND cluster_id = ?').run(id, clusterId).changes === 0) {
+    if (stmt(db, 'DELETE FROM nodes WHERE id = ? AND cluster_id = ?').run(id, clusterId).changes === 0) {
       throw notFound('node');
     }
     bumpConfigVersion(db, clusterId, now);
@@ -146,8 +145,7 @@ export function deleteNode(store: Store, clusterId: string, id: string): void {
 export function rotateNodeToken(store: Store, clusterId: string, id: string): string {
   const token = generateToken('node');
   store.writer.write('node.rotate-token', (db) => {
-    const r = db
-      .prepare('UPDATE nodes SET token_hash = ?, updated_at = ? WHERE id = ? AND cluster_id = ?')
+    const r = stmt(db, 'UPDATE nodes SET token_hash = ?, updated_at = ? WHERE id = ? AND cluster_id = ?')
       .run(hashToken(store.secret, token), store.now(), id, clusterId);
     if (r.changes === 0) throw notFound('node');
   });
@@ -156,7 +154,7 @@ export function rotateNodeToken(store: Store, clusterId: string, id: string): st
 
 /** The cluster a node belongs to, for callers (the operator) not bound to one cluster. */
 export function clusterOfNode(store: Store, id: string): string {
-  const row = store.reader.prepare('SELECT cluster_id FROM nodes WHERE id = ?').get(id) as { cluster_id: string } | undefined;
+  const row = stmt(store.reader, 'SELECT cluster_id FROM nodes WHERE id = ?').get(id) as { cluster_id: string } | undefined;
   if (!row) throw notFound('node');
   return row.cluster_id;
 }

@@ -1,3 +1,4 @@
+import { stmt } from '../db/connection.js';
 import { newId, type Store } from './store.js';
 import { generateToken, hashToken } from './tokens.js';
 
@@ -11,13 +12,13 @@ export type BootstrapResult =
  */
 export function bootstrapOperatorToken(store: Store, envToken: string | undefined): BootstrapResult {
   return store.writer.write('operator.bootstrap', (db) => {
-    const rows = db.prepare('SELECT token_hash FROM operator_tokens').all() as { token_hash: string }[];
+    const rows = stmt(db, 'SELECT token_hash FROM operator_tokens').all() as { token_hash: string }[];
     if (rows.length > 0) {
       const envHash = envToken ? hashToken(store.secret, envToken) : undefined;
       return { status: 'existing', envTokenIgnored: envHash !== undefined && !rows.some((r) => r.token_hash === envHash) };
     }
     const token = envToken ?? generateToken('op');
-    db.prepare('INSERT INTO operator_tokens (id, token_hash, created_at) VALUES (?, ?, ?)').run(
+    stmt(db, 'INSERT INTO operator_tokens (id, token_hash, created_at) VALUES (?, ?, ?)').run(
       newId(),
       hashToken(store.secret, token),
       store.now(),
@@ -30,8 +31,8 @@ export function bootstrapOperatorToken(store: Store, envToken: string | undefine
 export function rotateOperatorToken(store: Store): string {
   const token = generateToken('op');
   store.writer.write('operator.rotate-token', (db) => {
-    db.prepare('DELETE FROM operator_tokens').run();
-    db.prepare('INSERT INTO operator_tokens (id, token_hash, created_at) VALUES (?, ?, ?)').run(
+    stmt(db, 'DELETE FROM operator_tokens').run();
+    stmt(db, 'INSERT INTO operator_tokens (id, token_hash, created_at) VALUES (?, ?, ?)').run(
       newId(),
       hashToken(store.secret, token),
       store.now(),

@@ -1,3 +1,4 @@
+import { stmt } from '../db/connection.js';
 import { bumpConfigVersion } from './clusters.js';
 import { notFound } from './errors.js';
 import type { Store } from './store.js';
@@ -10,8 +11,7 @@ export interface NodeRoutes {
 }
 
 export function getNodeRoutes(store: Store, clusterId: string, nodeId: string): NodeRoutes {
-  const row = store.reader
-    .prepare('SELECT id AS node_id, name, overlay_ip, routes FROM nodes WHERE id = ? AND cluster_id = ?')
+  const row = stmt(store.reader, 'SELECT id AS node_id, name, overlay_ip, routes FROM nodes WHERE id = ? AND cluster_id = ?')
     .get(nodeId, clusterId) as (Omit<NodeRoutes, 'routes'> & { routes: string }) | undefined;
   if (!row) throw notFound('node');
   return { ...row, routes: JSON.parse(row.routes) as string[] };
@@ -22,8 +22,7 @@ export function replaceNodeRoutes(store: Store, clusterId: string, nodeId: strin
   const unique = [...new Set(routes)];
   const now = store.now();
   store.writer.write('routes.replace', (db) => {
-    const r = db
-      .prepare('UPDATE nodes SET routes = ?, updated_at = ? WHERE id = ? AND cluster_id = ?')
+    const r = stmt(db, 'UPDATE nodes SET routes = ?, updated_at = ? WHERE id = ? AND cluster_id = ?')
       .run(JSON.stringify(unique), now, nodeId, clusterId);
     if (r.changes === 0) throw notFound('node');
     bumpConfigVersion(db, clusterId, now);
@@ -33,8 +32,7 @@ export function replaceNodeRoutes(store: Store, clusterId: string, nodeId: strin
 
 /** Every node in the cluster that advertises at least one route. */
 export function listClusterRoutes(store: Store, clusterId: string): NodeRoutes[] {
-  const rows = store.reader
-    .prepare(
+  const rows = stmt(store.reader, 
       `SELECT id AS node_id, name, overlay_ip, routes FROM nodes
        WHERE cluster_id = ? AND routes <> '[]' ORDER BY name`,
     )

@@ -1,3 +1,4 @@
+import { stmt } from '../db/connection.js';
 import { conflict, notFound, rethrowUnique } from './errors.js';
 import { newId, type Page, type Store } from './store.js';
 import type { TenantCreate } from './validation.js';
@@ -16,7 +17,7 @@ export function createTenant(store: Store, input: TenantCreate): Tenant {
   const tenant: Tenant = { id: newId(), name: input.name, created_at: now, updated_at: now };
   try {
     store.writer.write('tenant.create', (db) => {
-      db.prepare('INSERT INTO tenants (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)').run(
+      stmt(db, 'INSERT INTO tenants (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)').run(
         tenant.id,
         tenant.name,
         now,
@@ -30,21 +31,20 @@ export function createTenant(store: Store, input: TenantCreate): Tenant {
 }
 
 export function listTenants(store: Store, page: Page): Tenant[] {
-  return store.reader
-    .prepare(`SELECT ${COLUMNS} FROM tenants ORDER BY name LIMIT ? OFFSET ?`)
+  return stmt(store.reader, `SELECT ${COLUMNS} FROM tenants ORDER BY name LIMIT ? OFFSET ?`)
     .all(page.limit, page.offset) as Tenant[];
 }
 
 export function getTenant(store: Store, id: string): Tenant {
-  const row = store.reader.prepare(`SELECT ${COLUMNS} FROM tenants WHERE id = ?`).get(id) as Tenant | undefined;
+  const row = stmt(store.reader, `SELECT ${COLUMNS} FROM tenants WHERE id = ?`).get(id) as Tenant | undefined;
   if (!row) throw notFound('tenant');
   return row;
 }
 
 export function deleteTenant(store: Store, id: string): void {
   store.writer.write('tenant.delete', (db) => {
-    const clusters = db.prepare('SELECT count(*) AS n FROM clusters WHERE tenant_id = ?').get(id) as { n: number };
+    const clusters = stmt(db, 'SELECT count(*) AS n FROM clusters WHERE tenant_id = ?').get(id) as { n: number };
     if (clusters.n > 0) throw conflict(`tenant still has ${clusters.n} cluster(s); delete them first`);
-    if (db.prepare('DELETE FROM tenants WHERE id = ?').run(id).changes === 0) throw notFound('tenant');
+    if (stmt(db, 'DELETE FROM tenants WHERE id = ?').run(id).changes === 0) throw notFound('tenant');
   });
 }

@@ -1,4 +1,4 @@
-import type { Db } from '../db/connection.js';
+import { stmt, type Db } from '../db/connection.js';
 import { bumpConfigVersion } from './clusters.js';
 import { invalid, notFound } from './errors.js';
 import type { Store } from './store.js';
@@ -25,18 +25,15 @@ export interface Topology {
 }
 
 export function getTopology(store: Store, clusterId: string): Topology {
-  const cluster = store.reader
-    .prepare('SELECT config_version, lighthouse_port FROM clusters WHERE id = ?')
+  const cluster = stmt(store.reader, 'SELECT config_version, lighthouse_port FROM clusters WHERE id = ?')
     .get(clusterId) as { config_version: number; lighthouse_port: number } | undefined;
   if (!cluster) throw notFound('cluster');
-  const lighthouses = store.reader
-    .prepare(
+  const lighthouses = stmt(store.reader, 
       `SELECT id AS node_id, name, overlay_ip, public_ip, coalesce(lighthouse_port, ?) AS port
        FROM nodes WHERE cluster_id = ? AND is_lighthouse = 1 ORDER BY name`,
     )
     .all(cluster.lighthouse_port, clusterId) as Lighthouse[];
-  const relays = store.reader
-    .prepare('SELECT id AS node_id, name, overlay_ip FROM nodes WHERE cluster_id = ? AND is_relay = 1 ORDER BY name')
+  const relays = stmt(store.reader, 'SELECT id AS node_id, name, overlay_ip FROM nodes WHERE cluster_id = ? AND is_relay = 1 ORDER BY name')
     .all(clusterId) as Relay[];
   return { config_version: cluster.config_version, lighthouses, relays };
 }
@@ -45,20 +42,20 @@ export function getTopology(store: Store, clusterId: string): Topology {
 function changeNode(store: Store, label: string, clusterId: string, nodeId: string, change: (db: Db) => void): void {
   const now = store.now();
   store.writer.write(label, (db) => {
-    const node = db.prepare('SELECT overlay_ip FROM nodes WHERE id = ? AND cluster_id = ?').get(nodeId, clusterId) as
+    const node = stmt(db, 'SELECT overlay_ip FROM nodes WHERE id = ? AND cluster_id = ?').get(nodeId, clusterId) as
       | { overlay_ip: string | null }
       | undefined;
     if (!node) throw notFound('node');
     if (node.overlay_ip === null) throw invalid('node has no overlay_ip; set one before giving it a topology role');
     change(db);
-    db.prepare('UPDATE nodes SET updated_at = ? WHERE id = ?').run(now, nodeId);
+    stmt(db, 'UPDATE nodes SET updated_at = ? WHERE id = ?').run(now, nodeId);
     bumpConfigVersion(db, clusterId, now);
   });
 }
 
 export function assignLighthouse(store: Store, clusterId: string, input: LighthouseAssign): Topology {
   changeNode(store, 'topology.lighthouse.assign', clusterId, input.node_id, (db) => {
-    db.prepare('UPDATE nodes SET is_lighthouse = 1, public_ip = ?, lighthouse_port = ? WHERE id = ?').run(
+    stmt(db, 'UPDATE nodes SET is_lighthouse = 1, public_ip = ?, lighthouse_port = ? WHERE id = ?').run(
       input.public_ip,
       input.port ?? null,
       input.node_id,
@@ -69,14 +66,14 @@ export function assignLighthouse(store: Store, clusterId: string, input: Lightho
 
 export function unassignLighthouse(store: Store, clusterId: string, nodeId: string): Topology {
   changeNode(store, 'topology.lighthouse.unassign', clusterId, nodeId, (db) => {
-    db.prepare('UPDATE nodes SET is_lighthouse = 0, lighthouse_port = NULL WHERE id = ?').run(nodeId);
+    stmt(db, 'UPDATE nodes SET is_lighthouse = 0, lighthouse_port = NULL WHERE id = ?').run(nodeId);
   });
   return getTopology(store, clusterId);
 }
 
 export function setRelay(store: Store, clusterId: string, nodeId: string, isRelay: boolean): Topology {
   changeNode(store, isRelay ? 'topology.relay.assign' : 'topology.relay.unassign', clusterId, nodeId, (db) => {
-    db.prepare('UPDATE nodes SET is_relay = ? WHERE id = ?').run(isRelay ? 1 : 0, nodeId);
+    stmt(db, 'UPDATE nodes SET is_relay = ? WHERE id = ?').run(isRelay ? 1 : 0, nodeId);
   });
   return getTopology(store, clusterId);
 }

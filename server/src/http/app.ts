@@ -19,6 +19,7 @@ import { registerOperatorRoutes } from './routes/operator.js';
 import { registerTenantRoutes } from './routes/tenants.js';
 import { registerTopologyRoutes } from './routes/topology.js';
 
+const BODYLESS = new Set(['GET', 'HEAD']);
 const isBundleUpload = (method: string, path: string): boolean => method === 'POST' && path === '/api/v1/config/bundle';
 
 /** The whole HTTP surface, with the middleware order in one place. */
@@ -43,8 +44,11 @@ export function createApp(deps: Deps): App {
   app.use('*', requestId());
   app.use('*', observe(metrics, log));
   app.use('*', ipRateLimit(limiters.ip, config.trustProxy, metrics));
-  // The bundle upload streams under its own, larger limit (NEBULAGC_MAX_BUNDLE_BYTES).
-  app.use('*', (c, next) => (isBundleUpload(c.req.method, c.req.path) ? next() : limitBody(c, next)));
+  // The bundle upload streams under its own, larger limit (NEBULAGC_MAX_BUNDLE_BYTES). GETs
+  // skip the limiter: touching the body makes the node adapter build a full Request per poll.
+  app.use('*', (c, next) =>
+    BODYLESS.has(c.req.method) || isBundleUpload(c.req.method, c.req.path) ? next() : limitBody(c, next),
+  );
   app.use('/api/v1/*', requireAuth(store, limiters, metrics));
   app.use('/api/v1/*', jsonBody());
 

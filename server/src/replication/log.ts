@@ -116,7 +116,6 @@ export class ReplicationLog {
   *recordsAfter(txid: number): Generator<Buffer> {
     const first = this.first;
     if (first === undefined || txid < first - 1) return;
-    this.flush();
     let i = this.head + (txid + 1 - first);
     let diskSegment: Segment | undefined;
     let diskRecords = new Map<number, Buffer>();
@@ -127,6 +126,7 @@ export class ReplicationLog {
         continue;
       }
       if (diskSegment !== e.segment) {
+        this.flush();
         diskSegment = e.segment;
         diskRecords = this.readSegment(e.segment);
       }

@@ -8,6 +8,7 @@ import { checksumHex, type Checksum } from './checksum.js';
  */
 export const RECORD_TX = 1;
 export const RECORD_HEARTBEAT = 2;
+export const RECORD_SNAPSHOT = 3;
 const ENVELOPE = 4 + 4; // length prefix + trailing crc
 
 export interface Position {
@@ -37,7 +38,14 @@ export interface HeartbeatRecord extends Position {
   masterTimeMs: number;
 }
 
-export type ReplicationRecord = TxRecord | HeartbeatRecord;
+/** Heads a snapshot: the raw pages 1..pageCount follow it, pageSize bytes each. */
+export interface SnapshotHeader extends Position {
+  type: typeof RECORD_SNAPSHOT;
+  pageSize: number;
+  pageCount: number;
+}
+
+export type ReplicationRecord = TxRecord | HeartbeatRecord | SnapshotHeader;
 
 const TX_FIXED = 4 + 8 + 4 + 4 + 4 + 8 + 8; // epoch, txid, pageSize, dbSize, nPages, checksum, time
 const HEARTBEAT_FIXED = 4 + 8 + 8 + 8; // epoch, txid, checksum, time
@@ -87,6 +95,19 @@ export function encodeHeartbeat(r: Omit<HeartbeatRecord, 'type'>): Buffer {
   return seal(buf);
 }
 
+const SNAPSHOT_FIXED = 4 + 8 + 8 + 4 + 4; // epoch, txid, checksum, pageSize, pageCount
+
+export function encodeSnapshotHeader(r: Omit<SnapshotHeader, 'type'>): Buffer {
+  const buf = Buffer.allocUnsafe(ENVELOPE + 1 + SNAPSHOT_FIXED);
+  buf[4] = RECORD_SNAPSHOT;
+  buf.writeUInt32BE(r.epoch, 5);
+  buf.writeDoubleBE(r.txid, 9);
+  writeChecksum(buf, 17, r.checksum);
+  buf.writeUInt32BE(r.pageSize, 25);
+  buf.writeUInt32BE(r.pageCount, 29);
+  return seal(buf);
+}
+
 export class CorruptRecordError extends Error {}
 
 /** Decodes one sealed record (length prefix included). Page data are views into `buf`. */
@@ -102,6 +123,16 @@ export function decodeRecord(buf: Buffer): ReplicationRecord {
       txid: body.readDoubleBE(5),
       checksum: readChecksum(body, 13),
       masterTimeMs: body.readDoubleBE(21),
+    };
+  }
+  if (type === RECORD_SNAPSHOT && body.length === 1 + SNAPSHOT_FIXED) {
+    return {
+      type,
+      epoch: body.readUInt32BE(1),
+      txid: body.readDoubleBE(5),
+      checksum: readChecksum(body, 13),
+      pageSize: body.readUInt32BE(21),
+      pageCount: body.readUInt32BE(25),
     };
   }
   if (type !== RECORD_TX || body.length < 1 + TX_FIXED) throw new CorruptRecordError(`unknown record type ${type}`);

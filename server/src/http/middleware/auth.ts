@@ -1,5 +1,5 @@
 import type { MiddlewareHandler } from 'hono';
-import { authenticate, type Presented } from '../../domain/auth.js';
+import { PrincipalCache, type Presented } from '../../domain/auth.js';
 import { DomainError } from '../../domain/errors.js';
 import type { Store } from '../../domain/store.js';
 import type { AppEnv } from '../context.js';
@@ -28,15 +28,17 @@ export const requireAuth = (
   store: Store,
   limits: { node: RateLimiter; cluster: RateLimiter },
   metrics: Metrics,
-): MiddlewareHandler<AppEnv> =>
-  async (c, next) => {
+): MiddlewareHandler<AppEnv> => {
+  const principals = new PrincipalCache(store);
+  return async (c, next) => {
     const presented = presentedToken((name) => c.req.header(name));
     if (!presented) throw new DomainError('AUTH_MISSING', 'a token is required (Authorization: Bearer, or X-NebulaGC-Node-Token)');
     if (presented.token.length > 512) throw new DomainError('AUTH_INVALID', 'token is not valid');
-    const principal = authenticate(store, presented);
+    const principal = principals.authenticate(presented);
     if (!principal) throw new DomainError('AUTH_INVALID', 'token is not valid');
     c.set('principal', principal);
     if (principal.kind === 'node') enforce(c, limits.node, 'node', principal.id, metrics);
     if (principal.kind !== 'operator') enforce(c, limits.cluster, 'cluster', principal.clusterId, metrics);
     await next();
   };
+};

@@ -16,14 +16,27 @@ function routeLabel(matched: { method: string; path: string }[]): string {
  * Counts and times every request by its matched route (bounded label values), and logs it.
  * Successful reads log at debug: 10,000 daemons polling would otherwise drown the log.
  */
-export const observe = (metrics: Metrics, log: Logger): MiddlewareHandler<AppEnv> => async (c, next) => {
+export const observe = (metrics: Metrics, log: Logger): MiddlewareHandler<AppEnv> => {
+  // Label lookups hash their values on every call; the set of routes and statuses is small,
+  // so bind each combination once.
+  const children = new Map<string, { count: { inc(): void }; duration: { observe(v: number): void } }>();
+  return async (c, next) => {
   const started = performance.now();
   await next();
   const seconds = (performance.now() - started) / 1000;
   const status = c.res.status;
   const route = routeLabel(c.req.matchedRoutes);
-  metrics.httpRequests.inc({ method: c.req.method, route, status: String(status) });
-  metrics.httpDuration.observe({ method: c.req.method, route }, seconds);
+  const key = `${c.req.method} ${route} ${status}`;
+  let bound = children.get(key);
+  if (!bound) {
+    bound = {
+      count: metrics.httpRequests.labels(c.req.method, route, String(status)),
+      duration: metrics.httpDuration.labels(c.req.method, route),
+    };
+    children.set(key, bound);
+  }
+  bound.count.inc();
+  bound.duration.observe(seconds);
   const level = status >= 500 ? 'error' : status >= 400 || c.req.method !== 'GET' ? 'info' : 'debug';
   if (log.isLevelEnabled(level)) {
     const principal = c.get('principal');
@@ -40,4 +53,5 @@ export const observe = (metrics: Metrics, log: Logger): MiddlewareHandler<AppEnv
       'request',
     );
   }
+};
 };

@@ -1,7 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { clusterScope, describe, requireClusterAdmin } from '../../domain/auth.js';
 import { defaultBundleLimits, inspectBundle, readLimited } from '../../domain/bundle-archive.js';
-import { deleteBundle, getBundle, getConfigVersion, listBundles, storeBundle, type Bundle } from '../../domain/bundles.js';
+import { deleteBundle, getBundle, getBundleMeta, getConfigVersion, listBundles, storeBundle, type BundleMeta } from '../../domain/bundles.js';
+import type { Store } from '../../domain/store.js';
 import { DomainError } from '../../domain/errors.js';
 import { idSchema } from '../../domain/validation.js';
 import type { App, AppContext, Deps } from '../context.js';
@@ -16,7 +17,7 @@ const versionParams = z.object({
 });
 const gzipContent = { 'application/gzip': { schema: z.string().openapi({ format: 'binary' }) } };
 
-const etagOf = (b: Bundle): string => `"${b.sha256}"`;
+const etagOf = (b: BundleMeta): string => `"${b.sha256}"`;
 
 /** RFC 9110 If-None-Match: a list of (possibly weak) tags, or "*". */
 export function etagMatches(header: string | undefined, etag: string): boolean {
@@ -25,13 +26,16 @@ export function etagMatches(header: string | undefined, etag: string): boolean {
   return header.split(',').some((t) => t.trim().replace(/^W\//, '') === etag);
 }
 
-function sendBundle(c: AppContext, bundle: Bundle): Response {
-  const etag = etagOf(bundle);
+/** Answers a bundle download; a matching If-None-Match costs one small row, never the blob. */
+function sendBundle(c: AppContext, store: Store, clusterId: string, version?: number): Response {
+  const meta = getBundleMeta(store, clusterId, version);
+  const etag = etagOf(meta);
   c.header('ETag', etag);
   c.header('Cache-Control', 'private, no-cache');
-  c.header('X-NebulaGC-Bundle-Version', String(bundle.version));
-  c.header('X-NebulaGC-Bundle-SHA256', bundle.sha256);
+  c.header('X-NebulaGC-Bundle-Version', String(meta.version));
+  c.header('X-NebulaGC-Bundle-SHA256', meta.sha256);
   if (etagMatches(c.req.header('if-none-match'), etag)) return c.body(null, 304);
+  const bundle = getBundle(store, clusterId, meta.version);
   c.header('Content-Type', 'application/gzip');
   return c.body(new Uint8Array(bundle.data), 200);
 }
@@ -66,7 +70,7 @@ export function registerConfigRoutes(app: App, { store, config }: Deps): void {
         ...errors,
       },
     }),
-    (c) => sendBundle(c, getBundle(store, clusterScope(c.get('principal'), c.req.valid('query').cluster_id))),
+    (c) => sendBundle(c, store, clusterScope(c.get('principal'), c.req.valid('query').cluster_id)),
   );
 
   app.openapi(
@@ -131,7 +135,7 @@ export function registerConfigRoutes(app: App, { store, config }: Deps): void {
     }),
     (c) => {
       const clusterId = requireClusterAdmin(c.get('principal'), c.req.valid('query').cluster_id);
-      return sendBundle(c, getBundle(store, clusterId, c.req.valid('param').version));
+      return sendBundle(c, store, clusterId, c.req.valid('param').version);
     },
   );
 

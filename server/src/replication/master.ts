@@ -1,0 +1,245 @@
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { openDatabase, type Db } from '../db/connection.js';
+import type { Writer } from '../db/writer.js';
+import type { Logger } from '../log.js';
+import { WalCapture, type CapturedTx } from './capture.js';
+import { ReplicationLog } from './log.js';
+import { encodeHeartbeat, encodeTx, type Position } from './record.js';
+
+export interface MasterOptions {
+  dbPath: string;
+  dir: string;
+  log: { maxBytes: number; maxAgeMs: number; memoryBytes: number };
+  walCheckpointBytes: number;
+  captureIntervalMs?: number;
+  heartbeatIntervalMs?: number;
+}
+
+/** A replica as the master sees it: from its stream connection and its acknowledgements. */
+export interface ReplicaView {
+  id: string;
+  url: string | undefined;
+  connected: boolean;
+  connectedAt: number | undefined;
+  sentTxid: number;
+  ackedTxid: number;
+  ackedChecksum: string | undefined;
+  lastAckAt: number | undefined;
+}
+
+export interface Snapshot {
+  /** A read-only connection inside the read transaction that holds the image; close it after. */
+  db: Db;
+  position: Position;
+  pageCount: number;
+  pageSize: number;
+}
+
+export interface Subscriber {
+  /** Called when records past this subscriber's position exist; it pulls them from the log. */
+  wake(): void;
+}
+
+export interface MasterEvents {
+  onTransactions?(txs: CapturedTx[]): void;
+  onRecordBytes?(bytes: number): void;
+}
+
+/**
+ * The master's side of replication: captures each commit's WAL frames, appends them to the
+ * log, and wakes the stream subscribers. It owns the WAL's checkpoints (autocheckpoint is off)
+ * and the durable epoch.
+ */
+export class ReplicationMaster {
+  readonly log: ReplicationLog;
+  readonly capture: WalCapture;
+  readonly replicas = new Map<string, ReplicaView>();
+  private readonly subscribers = new Set<Subscriber>();
+  private readonly pins: [Db, Db];
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly stateFile: string;
+  private lastRecordAt = Date.now();
+  readonly events: MasterEvents = {};
+
+  constructor(
+    writer: Writer,
+    private readonly opts: MasterOptions,
+    private readonly logger: Logger,
+  ) {
+    mkdirSync(opts.dir, { recursive: true });
+    this.stateFile = path.join(opts.dir, 'master.json');
+    const epoch = this.readEpoch();
+    writer.db.pragma('wal_autocheckpoint = 0');
+    this.log = new ReplicationLog(path.join(opts.dir, 'log'), { ...opts.log, segmentBytes: 16 * 1024 * 1024 });
+    this.pins = [openDatabase(opts.dbPath, { readonly: true }), openDatabase(opts.dbPath, { readonly: true })];
+    this.capture = new WalCapture(writer.db, { dbPath: opts.dbPath, pins: this.pins, epoch, resumeFrom: this.log.last });
+    if (this.capture.historyBroken) {
+      logger.warn(
+        { log_txid: this.log.last?.txid, log_checksum: this.log.last?.checksum, db_checksum: this.capture.position.checksum },
+        'database does not match the replication log (changed while the server was down?); replicas will resync from a snapshot',
+      );
+      this.log.reset();
+    }
+    writer.setLockWait({
+      quickMs: 20,
+      patienceMs: 5000,
+      beforeWait: () => this.publish(this.capture.releasePins()),
+      afterAcquire: () => this.publish(this.capture.capture()),
+    });
+    writer.onCommit(() => this.captureNow());
+    logger.info({ position: this.position }, 'replication master ready');
+  }
+
+  get position(): Position {
+    return this.capture.position;
+  }
+
+  start(): void {
+    const every = (ms: number, fn: () => void): void => {
+      const t = setInterval(() => {
+        try {
+          fn();
+        } catch (err) {
+          this.logger.error({ err }, 'replication timer failed');
+        }
+      }, ms);
+      t.unref();
+      this.timers.push(t);
+    };
+    // Other processes (litestream, the CLI, the sqlite3 shell) write too; catch their commits.
+    every(this.opts.captureIntervalMs ?? 50, () => this.captureNow());
+    every(1000, () => this.maintainWal());
+    every(10_000, () => this.log.trim());
+    every(this.opts.heartbeatIntervalMs ?? 500, () => {
+      if (Date.now() - this.lastRecordAt >= (this.opts.heartbeatIntervalMs ?? 500)) this.wakeAll();
+    });
+  }
+
+  captureNow(): void {
+    this.publish(this.capture.capture());
+  }
+
+  /** A heartbeat record carrying the master's position and clock. */
+  heartbeat(): Buffer {
+    return encodeHeartbeat({ ...this.position, masterTimeMs: performance.timeOrigin + performance.now() });
+  }
+
+  subscribe(s: Subscriber): () => void {
+    this.subscribers.add(s);
+    return () => this.subscribers.delete(s);
+  }
+
+  /** Whether a replica at this position is on our history (and the log can serve it). */
+  validatePosition(pos: { txid: number; checksum: string; epoch: number }): 'ok' | 'snapshot' {
+    const here = this.position;
+    if (pos.epoch > here.epoch || pos.txid > here.txid) return 'snapshot';
+    if (pos.txid === here.txid) return pos.checksum === here.checksum ? 'ok' : 'snapshot';
+    return this.log.covers(pos.txid) && this.log.checksumAt(pos.txid) === pos.checksum ? 'ok' : 'snapshot';
+  }
+
+  replicaConnected(id: string, url: string | undefined, from: number): ReplicaView {
+    const view = this.replicas.get(id) ?? {
+      id,
+      url,
+      connected: true,
+      connectedAt: Date.now(),
+      sentTxid: from,
+      ackedTxid: from,
+      ackedChecksum: undefined,
+      lastAckAt: undefined,
+    };
+    Object.assign(view, { url: url ?? view.url, connected: true, connectedAt: Date.now(), sentTxid: from });
+    this.replicas.set(id, view);
+    return view;
+  }
+
+  ack(id: string, pos: Position): void {
+    const view = this.replicas.get(id);
+    if (!view) return;
+    if (pos.txid >= view.ackedTxid) {
+      view.ackedTxid = pos.txid;
+      view.ackedChecksum = pos.checksum;
+    }
+    view.lastAckAt = Date.now();
+  }
+
+  /**
+   * Opens a consistent page image and its exact position: under the write lock, capture what
+   * is committed and start a read transaction on a fresh connection, so no commit falls
+   * between the two.
+   */
+  openSnapshot(writer: Writer): Snapshot {
+    const db = openDatabase(this.opts.dbPath, { readonly: true });
+    try {
+      let position!: Position;
+      let pageCount = 0;
+      writer.write('replication.snapshot', () => {
+        this.captureNow();
+        position = this.position;
+        db.exec('BEGIN');
+        pageCount = db.pragma('page_count', { simple: true }) as number;
+      });
+      return { db, position, pageCount, pageSize: this.capture.pageSize };
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  get connectedReplicas(): number {
+    let n = 0;
+    for (const r of this.replicas.values()) if (r.connected) n++;
+    return n;
+  }
+
+  close(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.captureNow();
+    this.log.close();
+    this.capture.close();
+    for (const p of this.pins) p.close();
+  }
+
+  private publish(txs: CapturedTx[]): void {
+    if (txs.length === 0) return;
+    let bytes = 0;
+    for (const tx of txs) {
+      if (tx.resync) this.logger.warn({ txid: tx.txid, pages: tx.pages.length }, 'WAL frames were checkpointed unseen; shipped the difference');
+      const buf = encodeTx(tx);
+      bytes += buf.length;
+      this.log.append(tx, buf);
+    }
+    this.lastRecordAt = Date.now();
+    this.events.onTransactions?.(txs);
+    this.events.onRecordBytes?.(bytes);
+    this.wakeAll();
+  }
+
+  private wakeAll(): void {
+    for (const s of this.subscribers) s.wake();
+  }
+
+  /** Moves the pin forward and, past the threshold, checkpoints the WAL itself. */
+  private maintainWal(): void {
+    const threshold = this.opts.walCheckpointBytes;
+    if (threshold > 0 && this.capture.walBytes() > threshold) {
+      const { captured, complete } = this.capture.checkpoint();
+      this.publish(captured);
+      if (!complete) this.logger.debug('WAL checkpoint incomplete (a reader or writer was busy); will retry');
+      return;
+    }
+    this.publish(this.capture.refreshPin());
+  }
+
+  private readEpoch(): number {
+    try {
+      const state = JSON.parse(readFileSync(this.stateFile, 'utf8')) as { epoch?: unknown };
+      if (typeof state.epoch === 'number' && Number.isInteger(state.epoch) && state.epoch > 0) return state.epoch;
+    } catch {
+      // No state yet: a new master starts at epoch 1.
+    }
+    writeFileSync(this.stateFile, JSON.stringify({ epoch: 1 }), { mode: 0o600 });
+    return 1;
+  }
+}
