@@ -20,9 +20,10 @@ export function serveCommand(): Command {
       log.info({ url: server.url, node_id: config.nodeId, ha_mode: config.haMode, db: config.dbPath }, 'listening');
       // The token goes to the terminal, never into the JSON log.
       process.stderr.write(`\nNebulaGC server listening on ${server.url}\n`);
-      if (server.bootstrap.status === 'created' && server.bootstrap.source === 'generated') {
+      const boot = server.bootstrap;
+      if (boot?.status === 'created' && boot.source === 'generated') {
         process.stderr.write(
-          `Operator token (shown once, store it now):\n  ${server.bootstrap.token}\n` +
+          `Operator token (shown once, store it now):\n  ${boot.token}\n` +
             `Try: curl -H "Authorization: Bearer <token>" ${server.url}/api/v1/tenants\n\n`,
         );
       }

@@ -12,6 +12,10 @@ export type ErrorCode =
   | 'UNSUPPORTED_MEDIA_TYPE'
   | 'RATE_LIMITED'
   | 'NOT_WRITABLE'
+  | 'NOT_MASTER'
+  | 'NOT_READY'
+  | 'STALE_REPLICA'
+  | 'SNAPSHOT_REQUIRED'
   | 'INTERNAL';
 
 /** A rule was broken. Carries no HTTP; the http layer maps the code to a status. */

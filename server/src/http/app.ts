@@ -10,6 +10,10 @@ import { jsonBody } from './middleware/json-body.js';
 import { observe } from './middleware/observe.js';
 import { ipRateLimit, RateLimiter } from './middleware/rate-limit.js';
 import { requestId } from './middleware/request-id.js';
+import { requireReplicationSecret } from './middleware/internal-auth.js';
+import { masterTxid, replicaGate } from './middleware/replica.js';
+import { registerClusterStatusRoutes } from './routes/cluster.js';
+import { registerReplicationRoutes } from './routes/replication.js';
 import { registerClusterRoutes } from './routes/clusters.js';
 import { registerConfigRoutes } from './routes/config.js';
 import { registerHeartbeatRoutes } from './routes/heartbeat.js';
@@ -24,7 +28,7 @@ const isBundleUpload = (method: string, path: string): boolean => method === 'PO
 
 /** The whole HTTP surface, with the middleware order in one place. */
 export function createApp(deps: Deps): App {
-  const { config, store, metrics, log } = deps;
+  const { config, store, metrics, log, role } = deps;
   const app: App = new OpenAPIHono<AppEnv>({
     defaultHook: (result, c) => (result.success ? undefined : validationFailed(c, result.error)),
   });
@@ -44,12 +48,17 @@ export function createApp(deps: Deps): App {
   app.use('*', requestId());
   app.use('*', observe(metrics, log));
   app.use('*', ipRateLimit(limiters.ip, config.trustProxy, metrics));
+  if (role.replica) app.use('*', replicaGate(role, config.replication));
+  if (role.master) app.use('/api/*', masterTxid(role));
+  app.use('/internal/*', requireReplicationSecret(config.replication.secret, config.tls?.ca !== undefined));
   // The bundle upload streams under its own, larger limit (NEBULAGC_MAX_BUNDLE_BYTES). GETs
   // skip the limiter: touching the body makes the node adapter build a full Request per poll.
   app.use('*', (c, next) =>
     BODYLESS.has(c.req.method) || isBundleUpload(c.req.method, c.req.path) ? next() : limitBody(c, next),
   );
-  app.use('/api/v1/*', requireAuth(store, limiters, metrics));
+  const auth = requireAuth(store, limiters, metrics);
+  app.use('/api/v1/*', auth);
+  app.use('/cluster/*', auth);
   app.use('/api/v1/*', jsonBody());
 
   registerHealthRoutes(app, deps);
@@ -61,6 +70,8 @@ export function createApp(deps: Deps): App {
   registerNodeRouteRoutes(app, deps);
   registerHeartbeatRoutes(app, deps);
   registerOperatorRoutes(app, deps);
+  registerClusterStatusRoutes(app, deps);
+  if (role.master) registerReplicationRoutes(app, deps, role.master, role);
 
   app.get('/metrics', async (c) => {
     c.header('Content-Type', metrics.registry.contentType);

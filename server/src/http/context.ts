@@ -1,6 +1,7 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { Config } from '../config.js';
+import type { HaRole } from '../ha/role.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { Principal } from '../domain/auth.js';
 import type { Store } from '../domain/store.js';
@@ -26,4 +27,5 @@ export interface Deps {
   heartbeats: HeartbeatCoalescer;
   metrics: Metrics;
   log: Logger;
+  role: HaRole;
 }

@@ -12,6 +12,10 @@ const healthSchema = z
     timestamp: z.string(),
     uptime_seconds: z.number(),
     writable: z.boolean(),
+    master_url: z.string().nullable(),
+    position: z.object({ epoch: z.number().int(), txid: z.number().int(), checksum: z.string() }).nullable(),
+    lag: z.object({ transactions: z.number(), ms: z.number().nullable() }),
+    replicas: z.number().int().optional(),
     checks: z.object({ database: z.object({ ok: z.boolean(), error: z.string().optional() }) }),
   })
   .openapi('Health');
@@ -20,10 +24,11 @@ const checkSchema = z.object({ status: z.string(), reason: z.string().optional()
 const tags = ['System'];
 
 /** Load balancers route on these: /health is always 200 while the process lives; the others say yes or no. */
-export function registerHealthRoutes(app: App, { config, store }: Deps): void {
+export function registerHealthRoutes(app: App, { config, store, role }: Deps): void {
   const startedAt = Date.now();
 
   const databaseCheck = (): { ok: boolean; error?: string } => {
+    if (role.replica && !role.replica.hasCopy) return { ok: false, error: 'no verified copy yet (replica bootstrapping)' };
     try {
       store.reader.prepare('SELECT count(*) FROM sqlite_master').get();
       return { ok: true };
@@ -37,16 +42,22 @@ export function registerHealthRoutes(app: App, { config, store }: Deps): void {
     (c) => {
       const database = databaseCheck();
       const writable = store.writer.writable;
-      const status = !database.ok ? 'unhealthy' : writable ? 'healthy' : 'degraded';
+      const lag = role.lag();
+      const lagging = role.mode === 'replica' && !(lag.ms <= config.replication.maxReplicaLagMs);
+      const status = !database.ok ? 'unhealthy' : (role.mode !== 'replica' && !writable) || lagging ? 'degraded' : 'healthy';
       return c.json(
         {
           status,
-          ha_mode: config.haMode,
+          ha_mode: role.mode,
           node_id: config.nodeId,
           version: VERSION,
           timestamp: new Date().toISOString(),
           uptime_seconds: Math.round((Date.now() - startedAt) / 1000),
           writable,
+          master_url: role.masterUrl ?? null,
+          position: role.position ?? null,
+          lag: { transactions: lag.transactions, ms: Number.isFinite(lag.ms) ? Math.round(lag.ms * 1000) / 1000 : null },
+          ...(role.master ? { replicas: role.master.connectedReplicas } : {}),
           checks: { database },
         } as const,
         200,
@@ -82,6 +93,23 @@ export function registerHealthRoutes(app: App, { config, store }: Deps): void {
       responses: { 200: ok(checkSchema, 'Takes writes'), 503: ok(checkSchema, 'Does not take writes') },
     }),
     (c) => (store.writer.writable ? c.json({ status: 'ok' }, 200) : c.json({ status: 'not_master' }, 503)),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get',
+      path: '/health/replica',
+      tags,
+      summary: '200 only on a replica whose lag is under NEBULAGC_MAX_REPLICA_LAG_MS (or ?max_lag_ms=)',
+      request: { query: z.object({ max_lag_ms: z.coerce.number().int().min(0).optional().openapi({ param: { name: 'max_lag_ms', in: 'query' } }) }) },
+      responses: { 200: ok(checkSchema, 'A replica within the lag'), 503: ok(checkSchema, 'Not a replica, or too far behind') },
+    }),
+    (c) => {
+      if (role.mode !== 'replica') return c.json({ status: 'not_replica' }, 503);
+      const max = c.req.valid('query').max_lag_ms ?? config.replication.maxReplicaLagMs;
+      const { ms } = role.lag();
+      return ms <= max ? c.json({ status: 'ok' }, 200) : c.json({ status: 'lagging', reason: Number.isFinite(ms) ? `lag ${Math.round(ms)} ms > ${max} ms` : 'no copy or no contact with the master' }, 503);
+    },
   );
 
   app.openapi(

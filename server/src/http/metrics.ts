@@ -2,11 +2,11 @@ import { statSync } from 'node:fs';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Writer } from '../db/writer.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
+import type { HaRole } from '../ha/role.js';
 
 export interface MetricSources {
   dbPath: string;
   writer: Writer;
-  heartbeats: HeartbeatCoalescer;
 }
 
 function fileSize(file: string): number {
@@ -60,18 +60,6 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly haIsMaster = new Gauge({
-    name: 'nebulagc_ha_is_master',
-    help: '1 when this node may take writes (master or standalone), else 0',
-    registers: [this.registry],
-  });
-
-  readonly haReplicas = new Gauge({
-    name: 'nebulagc_ha_replicas_total',
-    help: 'Replicas connected to this master',
-    registers: [this.registry],
-  });
-
   readonly haTransitions = new Counter({
     name: 'nebulagc_ha_state_transitions_total',
     help: 'HA role changes, by from_state and to_state',
@@ -85,20 +73,55 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly haHeartbeatDuration = new Gauge({
-    name: 'nebulagc_ha_heartbeat_duration_seconds',
-    help: 'Age of the replication stream as of the last heartbeat (replica lag); 0 on a master or standalone',
-    registers: [this.registry],
-  });
-
   readonly haLastHeartbeat = new Gauge({
     name: 'nebulagc_ha_last_heartbeat',
     help: 'Unix time of the last replication heartbeat; 0 until one arrives',
     registers: [this.registry],
   });
 
+  readonly replicationClockSkew = new Gauge({
+    name: 'nebulagc_replication_heartbeat_delay_seconds',
+    help: 'On a replica: arrival time of the last stream heartbeat minus the master clock in it (network delay plus clock skew)',
+    registers: [this.registry],
+  });
+
+  readonly replicationBytes = new Counter({
+    name: 'nebulagc_replication_bytes_total',
+    help: 'Replication bytes (records and snapshots), by direction (sent on a master, received on a replica)',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+  });
+
+  readonly replicationTransactions = new Counter({
+    name: 'nebulagc_replication_transactions_total',
+    help: 'Transactions captured (master) or applied (replica)',
+    registers: [this.registry],
+  });
+
+  readonly replicationBatchSize = new Histogram({
+    name: 'nebulagc_replication_apply_batch_transactions',
+    help: 'Transactions per group-committed apply batch on a replica',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024],
+    registers: [this.registry],
+  });
+
+  readonly replicationSnapshots = new Counter({
+    name: 'nebulagc_replication_snapshots_total',
+    help: 'Snapshots installed by this replica',
+    registers: [this.registry],
+  });
+
+  readonly replicationPosition = new Gauge({
+    name: 'nebulagc_replication_position_txid',
+    help: 'Last transaction captured (master) or durably applied (replica)',
+    registers: [this.registry],
+  });
+
+  private readonly writer: Writer;
+
   constructor(sources: MetricSources) {
-    const { dbPath, writer, heartbeats } = sources;
+    const { dbPath, writer } = sources;
+    this.writer = writer;
     collectDefaultMetrics({ register: this.registry, prefix: 'nebulagc_' });
     new Gauge({
       name: 'nebulagc_db_size_bytes',
@@ -124,10 +147,19 @@ export class Metrics {
         this.set(writer.writable ? 1 : 0);
       },
     });
+    writer.onCommit((info) => {
+      this.dbWrites.inc({ op: info.label });
+      this.dbWriteDuration.observe(info.durationMs / 1000);
+    });
+  }
+
+  /** Gauges read at scrape time from the heartbeat coalescer and the HA role. */
+  watch({ heartbeats, role }: { heartbeats: HeartbeatCoalescer; role: HaRole }): void {
+    const registers = [this.registry];
     new Counter({
       name: 'nebulagc_heartbeats_received_total',
       help: 'Node heartbeats accepted into the coalescer',
-      registers: [this.registry],
+      registers,
       collect() {
         this.reset();
         this.inc(heartbeats.stats.received);
@@ -135,8 +167,8 @@ export class Metrics {
     });
     new Counter({
       name: 'nebulagc_heartbeat_flushes_total',
-      help: 'Write transactions that flushed coalesced heartbeats',
-      registers: [this.registry],
+      help: 'Batches of coalesced heartbeats written (or, on a replica, forwarded to the master)',
+      registers,
       collect() {
         this.reset();
         this.inc(heartbeats.stats.flushes);
@@ -145,14 +177,72 @@ export class Metrics {
     new Gauge({
       name: 'nebulagc_heartbeats_pending',
       help: 'Nodes with a heartbeat not yet flushed',
-      registers: [this.registry],
+      registers,
       collect() {
         this.set(heartbeats.pendingCount);
       },
     });
-    writer.onCommit((info) => {
-      this.dbWrites.inc({ op: info.label });
-      this.dbWriteDuration.observe(info.durationMs / 1000);
+    const writer = this.writer;
+    new Gauge({
+      name: 'nebulagc_ha_is_master',
+      help: '1 when this node may take writes (a master or standalone node not fenced), else 0',
+      registers,
+      collect() {
+        this.set(role.mode !== 'replica' && writer.writable ? 1 : 0);
+      },
     });
+    new Gauge({
+      name: 'nebulagc_ha_replicas_total',
+      help: 'Replicas connected to this master',
+      registers,
+      collect() {
+        this.set(role.master?.connectedReplicas ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'nebulagc_ha_heartbeat_duration_seconds',
+      help: 'Replica lag as of the replication stream (0 on a master or standalone node)',
+      registers,
+      collect() {
+        const ms = role.replica ? role.lag().ms : 0;
+        this.set(Number.isFinite(ms) ? ms / 1000 : -1);
+      },
+    });
+    const lagBytes = new Gauge({
+      name: 'nebulagc_replication_replica_lag_bytes',
+      help: 'Per replica, on the master: record bytes not yet acknowledged',
+      labelNames: ['replica'] as const,
+      registers: [],
+    });
+    const lagSeconds = new Gauge({
+      name: 'nebulagc_replication_replica_lag_seconds',
+      help: 'Per replica (on the master) or for this replica: age of the oldest transaction not yet applied; -1 when unknown',
+      labelNames: ['replica'] as const,
+      registers: [],
+    });
+    // One collect fills all three lag gauges; the other two are registered after it.
+    new Gauge({
+      name: 'nebulagc_replication_replica_lag_transactions',
+      help: 'Per replica (on the master) or for this replica: transactions behind the master',
+      labelNames: ['replica'] as const,
+      registers,
+      collect() {
+        this.reset();
+        lagBytes.reset();
+        lagSeconds.reset();
+        for (const r of role.replicas()) {
+          this.set({ replica: r.id }, r.lag.transactions);
+          lagBytes.set({ replica: r.id }, r.lag.bytes);
+          lagSeconds.set({ replica: r.id }, r.lag.ms / 1000);
+        }
+        if (role.replica) {
+          const lag = role.lag();
+          this.set({ replica: role.replica.id }, lag.transactions);
+          lagSeconds.set({ replica: role.replica.id }, Number.isFinite(lag.ms) ? lag.ms / 1000 : -1);
+        }
+      },
+    });
+    this.registry.registerMetric(lagBytes);
+    this.registry.registerMetric(lagSeconds);
   }
 }

@@ -61,6 +61,8 @@ export class WalCapture {
   private readonly pinStatements: { begin: Statement; read: Statement; end: Statement }[];
   /** Set when the pins were released: a WAL restart seen after that may have hidden frames. */
   private lossPossible = false;
+  /** Our own clean checkpoint restarted the WAL: the next new header is no surprise. */
+  private restartExpected = false;
   private checksum: DbChecksum;
   private txid: number;
   private epochValue: number;
@@ -129,7 +131,9 @@ export class WalCapture {
     if (!this.header || header.salt1 !== this.header.salt1 || header.salt2 !== this.header.salt2) {
       // The WAL restarted. With a pin held throughout, every frame of the old generation was
       // read before that could happen; each restart bumps the header's checkpoint counter once.
-      const skipped = this.header !== undefined && header.checkpointSeq !== ((this.header.checkpointSeq + 1) >>> 0);
+      const skipped =
+        !this.restartExpected && this.header !== undefined && header.checkpointSeq !== ((this.header.checkpointSeq + 1) >>> 0);
+      this.restartExpected = false;
       if (this.lossPossible || skipped) return this.resync();
       this.header = header;
       this.scan = { offset: WAL_HEADER_BYTES, cksum0: header.cksum0, cksum1: header.cksum1 };
@@ -172,16 +176,34 @@ export class WalCapture {
   }
 
   /**
-   * Checkpoints and truncates the WAL ourselves. When the checkpoint saw exactly the frames we
-   * captured, nothing was lost; otherwise another process wrote meanwhile and the next capture
-   * resyncs.
+   * Checkpoints the WAL ourselves, losing nothing: a RESTART checkpoint reports how many frames
+   * it saw, and only when that is exactly what we captured is the restart known to be clean.
+   * Then, pinned again, a TRUNCATE shrinks the file if nothing new arrived meanwhile.
    */
   checkpoint(): { captured: CapturedTx[]; complete: boolean } {
     const captured = this.releasePins();
-    const [r] = this.writer.pragma('wal_checkpoint(TRUNCATE)') as { busy: number; log: number; checkpointed: number }[];
+    if (this.framesCaptured === 0 && fstatSync(this.fd).size <= WAL_HEADER_BYTES) {
+      this.lossPossible = false;
+      this.pin();
+      return { captured, complete: true };
+    }
+    const [r] = this.writer.pragma('wal_checkpoint(RESTART)') as { busy: number; log: number; checkpointed: number }[];
     const complete = r!.busy === 0 && r!.log === this.framesCaptured && r!.checkpointed === r!.log;
-    if (complete) this.lossPossible = false;
     this.pin();
+    if (complete) {
+      this.lossPossible = false;
+      // The counter in the next WAL header may move by more than one (RESTART, then TRUNCATE).
+      this.restartExpected = true;
+      const previous = this.writer.pragma('busy_timeout', { simple: true }) as number;
+      this.writer.pragma('busy_timeout = 0');
+      try {
+        const [t] = this.writer.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+        // An empty WAL: the next frames, whoever writes them, start a new generation at 32.
+        if (t!.busy === 0) this.framesCaptured = 0;
+      } finally {
+        this.writer.pragma(`busy_timeout = ${previous}`);
+      }
+    }
     return { captured, complete };
   }
 
@@ -210,6 +232,12 @@ export class WalCapture {
    * then continue from the end of the current WAL.
    */
   private resync(): CapturedTx[] {
+    // Waiting for the write lock while pinned is the litestream stall trap (DESIGN §3): a
+    // checkpointer holding the lock may be waiting for our reader. Drop the pins first.
+    if (!this.writer.inTransaction) {
+      for (const db of this.opts.pins) if (db.inTransaction) db.exec('ROLLBACK');
+      this.activePin = -1;
+    }
     return this.underWriteLock(() => {
       const changed = new Map<number, Buffer>();
       const probe = new DbChecksum(this.checksum.pageSize);
@@ -233,8 +261,8 @@ export class WalCapture {
 
   /**
    * Runs `fn` holding the write lock: inside the writer's transaction when it has one, else in
-   * a fresh IMMEDIATE one. Callers hold no pin when this may wait, so it cannot deadlock with a
-   * checkpointer waiting on our readers.
+   * a fresh IMMEDIATE one. Callers drop their pins before this may wait, so it cannot deadlock
+   * with a checkpointer waiting on our readers.
    */
   private underWriteLock<T>(fn: () => T): T {
     if (this.writer.inTransaction) return fn();

@@ -21,6 +21,7 @@ function fmix32(h: number): number {
  * exists to catch corruption and divergence, and a single changed word changes it.
  */
 export function pageHash(pgno: number, page: Buffer): [number, number] {
+  if (pgno === 1 && page.length >= 100) page = withoutCommitStamps(page);
   let h0 = (0x811c9dc5 ^ pgno) >>> 0;
   let h1 = (0x9e3779b1 ^ Math.imul(pgno, 0x85ebca77)) >>> 0;
   const words = page.length >>> 2;
@@ -42,6 +43,19 @@ export function pageHash(pgno: number, page: Buffer): [number, number] {
 }
 
 /** 16 hex digits, as records, the API and the CLI show it. */
+/**
+ * SQLite stamps page 1 at every commit that touches it with the writer's own change counter
+ * (bytes 24-27, 92-95) and library version (96-99). A replica's group commit stamps fewer
+ * times than the master did, so those bookkeeping bytes are left out of the checksum; every
+ * other byte, schema cookie and page count included, is covered.
+ */
+function withoutCommitStamps(page: Buffer): Buffer {
+  const copy = Buffer.from(page);
+  copy.fill(0, 24, 28);
+  copy.fill(0, 92, 100);
+  return copy;
+}
+
 export type Checksum = string;
 
 export const checksumHex = (a: number, b: number): Checksum => a.toString(16).padStart(8, '0') + b.toString(16).padStart(8, '0');

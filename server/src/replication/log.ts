@@ -195,7 +195,7 @@ export class ReplicationLog {
 
   private entry(txid: number): Entry | undefined {
     const first = this.first;
-    if (first === undefined) return undefined;
+    if (first === undefined || txid < first) return undefined;
     return this.entries[this.head + (txid - first)];
   }
 
@@ -239,7 +239,8 @@ export class ReplicationLog {
   private readSegment(seg: Segment): Map<number, Buffer> {
     const framer = new RecordFramer(MAX_RECORD_BYTES);
     const out = new Map<number, Buffer>();
-    for (const buf of framer.push(readFileSync(seg.file))) out.set(decodeRecord(buf).txid, buf);
+    // Only the bytes load() accepted: a torn or zero-filled tail past them is not a record.
+    for (const buf of framer.push(readFileSync(seg.file).subarray(0, seg.bytes))) out.set(decodeRecord(buf).txid, buf);
     return out;
   }
 

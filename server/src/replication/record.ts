@@ -136,8 +136,8 @@ export function decodeRecord(buf: Buffer): ReplicationRecord {
     };
   }
   if (type !== RECORD_TX || body.length < 1 + TX_FIXED) throw new CorruptRecordError(`unknown record type ${type}`);
-  const pageSize = body.readUInt32BE(9);
-  const n = body.readUInt32BE(17);
+  const pageSize = body.readUInt32BE(13);
+  const n = body.readUInt32BE(21);
   if (body.length !== 1 + TX_FIXED + n * (4 + pageSize)) throw new CorruptRecordError('record size does not match its page count');
   const pages: PageImage[] = [];
   for (let i = 0, at = 1 + TX_FIXED; i < n; i++, at += 4 + pageSize) {
@@ -148,9 +148,9 @@ export function decodeRecord(buf: Buffer): ReplicationRecord {
     epoch: body.readUInt32BE(1),
     txid: body.readDoubleBE(5),
     pageSize,
-    dbSize: body.readUInt32BE(13),
-    checksum: readChecksum(body, 21),
-    commitTimeMs: body.readDoubleBE(29),
+    dbSize: body.readUInt32BE(17),
+    checksum: readChecksum(body, 25),
+    commitTimeMs: body.readDoubleBE(33),
     pages,
   };
 }

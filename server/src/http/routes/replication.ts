@@ -1,0 +1,91 @@
+import { z } from '@hono/zod-openapi';
+import { DomainError } from '../../domain/errors.js';
+import type { HaRole } from '../../ha/role.js';
+import type { ReplicationMaster } from '../../replication/master.js';
+import { replicationStream, snapshotStream } from '../../replication/stream-server.js';
+import { idSchema } from '../../domain/validation.js';
+import { writeHeartbeats } from '../../domain/heartbeats.js';
+import type { App, Deps } from '../context.js';
+import { errorResponse } from '../errors.js';
+
+const positionQuery = z.object({
+  from: z.coerce.number().int().min(0),
+  epoch: z.coerce.number().int().min(0),
+  checksum: z.string().regex(/^[0-9a-f]{16}$/),
+  replica_id: z.string().min(1).max(128),
+  replica_url: z.url().optional(),
+});
+
+const ackBody = z.object({
+  replica_id: z.string().min(1).max(128),
+  epoch: z.number().int().min(0),
+  txid: z.number().int().min(0),
+  checksum: z.string().regex(/^[0-9a-f]{16}$/),
+});
+
+const heartbeatBatch = z.object({ beats: z.array(z.tuple([idSchema, z.iso.datetime()])).max(100_000) });
+
+function parse<T>(schema: z.ZodType<T>, value: unknown): T {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new DomainError('VALIDATION_FAILED', r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+  return r.data;
+}
+
+/** The master's internal endpoints (the app mounts them behind the replication secret). */
+export function registerReplicationRoutes(app: App, deps: Deps, master: ReplicationMaster, role: HaRole): void {
+  const { metrics, store } = deps;
+  const sent = (n: number): void => metrics.replicationBytes.inc({ direction: 'sent' }, n);
+
+  app.get('/internal/v1/replication/stream', (c) => {
+    const q = parse(positionQuery, c.req.query());
+    if (master.validatePosition({ txid: q.from, epoch: q.epoch, checksum: q.checksum }) === 'snapshot') {
+      return errorResponse(c, 'SNAPSHOT_REQUIRED', 'that position is not on this master’s history (or no longer in its log); take a snapshot', {
+        master: master.position,
+      });
+    }
+    const view = master.replicaConnected(q.replica_id, q.replica_url, q.from);
+    deps.log.info({ replica_id: q.replica_id, from: q.from }, 'replica connected');
+    const body = replicationStream(master, view, q.from, sent);
+    return new Response(body, {
+      status: 200,
+      headers: {
+        'content-type': 'application/vnd.nebulagc.replication-stream',
+        'cache-control': 'no-store',
+        'x-accel-buffering': 'no',
+        'x-nebulagc-advertise-url': role.selfUrl,
+        'x-nebulagc-epoch': String(master.position.epoch),
+        'x-request-id': c.get('requestId'),
+      },
+    });
+  });
+
+  app.get('/internal/v1/replication/snapshot', (c) => {
+    const snap = master.openSnapshot(store.writer);
+    deps.log.info({ position: snap.position, pages: snap.pageCount }, 'serving a snapshot');
+    const { body, length } = snapshotStream(snap, sent);
+    return new Response(body, {
+      status: 200,
+      headers: {
+        'content-type': 'application/vnd.nebulagc.snapshot',
+        'content-length': String(length),
+        'cache-control': 'no-store',
+        'x-request-id': c.get('requestId'),
+      },
+    });
+  });
+
+  app.post('/internal/v1/replication/ack', async (c) => {
+    const a = parse(ackBody, await c.req.json());
+    master.ack(a.replica_id, { epoch: a.epoch, txid: a.txid, checksum: a.checksum });
+    return c.json({ ok: true, master: master.position }, 200);
+  });
+
+  // Replicas batch the heartbeats daemons send them and forward them here.
+  app.post('/internal/v1/heartbeats', async (c) => {
+    const { beats } = parse(heartbeatBatch, await c.req.json());
+    const batch = new Map<string, string>();
+    for (const [id, at] of beats) if ((batch.get(id) ?? '') < at) batch.set(id, at);
+    const updated = batch.size > 0 ? writeHeartbeats(store, batch) : 0;
+    return c.json({ ok: true, updated }, 200);
+  });
+}

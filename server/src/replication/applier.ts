@@ -1,0 +1,173 @@
+import { existsSync } from 'node:fs';
+import type { Statement } from 'better-sqlite3';
+import { openDatabase, type Db } from '../db/connection.js';
+import { readAllPages } from './capture.js';
+import { DbChecksum } from './checksum.js';
+import type { PageImage, Position, TxRecord } from './record.js';
+import { PositionFile } from './state-file.js';
+
+/** SQLite binds at most 32766 variables; two per row. */
+const MAX_ROWS_PER_STATEMENT = 16_000;
+/** After a crash between commit and position write, this many records may be re-applied unverified. */
+const MAX_RECOVERY_RECORDS = 100_000;
+
+export class ApplyError extends Error {}
+
+/**
+ * Applies the master's transactions to the replica's copy, on one dedicated connection in
+ * unsafe mode (sqlite_dbpage writes need it). A batch of transactions goes in one SQLite
+ * transaction (group commit) with one position fsync; each transaction is still verified
+ * against its checksum, and one that does not verify rolls back the whole batch.
+ */
+export class Applier {
+  private readonly db: Db;
+  private readonly positionFile: PositionFile;
+  private readonly checksum: DbChecksum;
+  private pos: Position;
+  private broken = false;
+  /** The file was ahead of the position file (a crash between the two writes). */
+  private recovering: number;
+  private readonly statements = new Map<number, Statement>();
+
+  private constructor(db: Db, positionFile: PositionFile, checksum: DbChecksum, pos: Position, recovering: boolean) {
+    this.db = db;
+    this.positionFile = positionFile;
+    this.checksum = checksum;
+    this.pos = pos;
+    this.recovering = recovering ? MAX_RECOVERY_RECORDS : 0;
+  }
+
+  /**
+   * Opens an existing copy and checks it against the stored position. Undefined when there is
+   * no usable copy (the caller takes a snapshot).
+   */
+  static open(dbPath: string, stateFile: string, known?: { checksum: DbChecksum; position: Position }): Applier | undefined {
+    if (!existsSync(dbPath) || !existsSync(stateFile)) return undefined;
+    const positionFile = new PositionFile(stateFile);
+    const stored = positionFile.read();
+    if (!stored) {
+      positionFile.close();
+      return undefined;
+    }
+    const db = openDatabase(dbPath, { synchronous: 'FULL' });
+    db.unsafeMode(true);
+    let checksum = known?.checksum;
+    if (!checksum) {
+      checksum = new DbChecksum(db.pragma('page_size', { simple: true }) as number);
+      let last = 0;
+      for (const p of readAllPages(db)) {
+        checksum.setPage(p.pgno, p.data);
+        last = p.pgno;
+      }
+      checksum.resize(last);
+    }
+    return new Applier(db, positionFile, checksum, stored, checksum.value !== stored.checksum);
+  }
+
+  /** Starts a copy from a snapshot that was just put in place. */
+  static fromSnapshot(dbPath: string, stateFile: string, checksum: DbChecksum, position: Position): Applier {
+    const positionFile = new PositionFile(stateFile);
+    positionFile.write(position);
+    positionFile.close();
+    return Applier.open(dbPath, stateFile, { checksum, position })!;
+  }
+
+  get position(): Position {
+    return this.pos;
+  }
+
+  get isBroken(): boolean {
+    return this.broken;
+  }
+
+  /**
+   * Applies consecutive transactions, verifying each; throws ApplyError (and marks the copy
+   * broken) if one does not fit. The position is fsynced once, after the last group.
+   */
+  apply(records: TxRecord[]): Position {
+    if (this.broken) throw new ApplyError('the copy is known to be wrong; it needs a snapshot');
+    if (records.length === 0) return this.pos;
+    try {
+      for (const group of commitGroups(records)) this.applyGroup(group);
+    } catch (err) {
+      // The page hashes moved with pages that were rolled back: only a snapshot can make this
+      // copy trustworthy again.
+      this.broken = true;
+      throw err instanceof ApplyError ? err : new ApplyError(`apply failed: ${(err as Error).message}`);
+    }
+    this.positionFile.write(this.pos);
+    return this.pos;
+  }
+
+  private applyGroup(records: TxRecord[]): void {
+    let pos = this.pos;
+    let recovering = this.recovering;
+    this.db.transaction(() => {
+      for (const r of records) {
+        if (r.txid !== pos.txid + 1) throw new ApplyError(`expected txid ${pos.txid + 1}, got ${r.txid}`);
+        if (r.epoch < pos.epoch) throw new ApplyError(`txid ${r.txid} comes from epoch ${r.epoch}, older than ${pos.epoch}`);
+        this.writePages(r, r.dbSize < this.checksum.pageCount);
+        for (const p of r.pages) this.checksum.setPage(p.pgno, p.data);
+        this.checksum.resize(r.dbSize);
+        if (this.checksum.value === r.checksum) recovering = 0;
+        else if (recovering > 0) recovering--;
+        else throw new ApplyError(`checksum mismatch after txid ${r.txid}: have ${this.checksum.value}, master has ${r.checksum}`);
+        pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
+      }
+    })();
+    this.pos = pos;
+    this.recovering = recovering;
+  }
+
+  close(): void {
+    this.positionFile.close();
+    this.db.close();
+  }
+
+  /**
+   * One statement for the whole transaction when it fits: its pages (page 1 last, as the
+   * record orders them) and, when the database shrinks, the truncation row (dbSize + 1, NULL).
+   * DESIGN §3: nothing may run after page 1 within the transaction's writes. The truncation
+   * row is left out otherwise because it dirties page 1, and SQLite restamps a dirty page 1.
+   */
+  private writePages(r: TxRecord, shrinks: boolean): void {
+    const rows: (PageImage | { pgno: number; data: null })[] = shrinks ? [...r.pages, { pgno: r.dbSize + 1, data: null }] : r.pages;
+    if (rows.length === 0) return;
+    for (let i = 0; i < rows.length; i += MAX_ROWS_PER_STATEMENT) {
+      const part = rows.slice(i, i + MAX_ROWS_PER_STATEMENT);
+      const args: (number | Buffer | null)[] = [];
+      for (const row of part) args.push(row.pgno, row.data);
+      this.statementFor(part.length).run(...args);
+    }
+  }
+
+  private statementFor(rows: number): Statement {
+    let s = this.statements.get(rows);
+    if (!s) {
+      s = this.db.prepare(`INSERT INTO sqlite_dbpage(pgno, data) VALUES ${Array(rows).fill('(?, ?)').join(', ')}`);
+      // Small transactions repeat the same few shapes; big ones are rare and not worth keeping.
+      if (rows <= 64) this.statements.set(rows, s);
+    }
+    return s;
+  }
+}
+
+/**
+ * Splits a batch so that each SQLite commit holds at most one transaction that writes page 1,
+ * and ends with it. SQLite stamps page 1 with (change counter at the start + 1) at every
+ * commit that dirties it; one page-1 transaction per commit keeps the replica's stamps equal
+ * to the master's, so the files stay byte-identical.
+ */
+export function commitGroups(records: TxRecord[]): TxRecord[][] {
+  const groups: TxRecord[][] = [];
+  let current: TxRecord[] = [];
+  for (const r of records) {
+    current.push(r);
+    if (r.pages.some((p) => p.pgno === 1)) {
+      groups.push(current);
+      current = [];
+    }
+  }
+  if (current.length > 0) groups.push(current);
+  return groups;
+}

@@ -1,0 +1,289 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../log.js';
+import { Applier, ApplyError } from './applier.js';
+import type { InternalClient } from './internal-client.js';
+import { CorruptRecordError, decodeRecord, RecordFramer, RECORD_HEARTBEAT, RECORD_TX, type Position, type TxRecord } from './record.js';
+import { downloadSnapshot, installSnapshot } from './snapshot-client.js';
+
+export interface ReplicaOptions {
+  dbPath: string;
+  dir: string;
+  replicaId: string;
+  advertiseUrl: string;
+  /** Heartbeats are due every 500 ms; this many ms of silence counts as a missed one. */
+  heartbeatTimeoutMs?: number;
+}
+
+export interface ReplicaHooks {
+  /** The copy was replaced or opened: reopen read connections. `undefined` closes them. */
+  onCopyChanged(available: boolean): void;
+  /** A batch was applied. */
+  onApplied(pos: Position, txCount: number, bytes: number): void;
+  onHeartbeat(masterTimeMs: number, receivedAtMs: number): void;
+  onStreamError(err: unknown): void;
+  onMasterAdvertised(url: string): void;
+}
+
+interface Waiter {
+  txid: number;
+  resolve(ok: boolean): void;
+  timer: NodeJS.Timeout;
+}
+
+const MAX_RECORD_BYTES = 1 << 30;
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 10_000;
+
+/**
+ * The replica's side: keeps a verified copy of the master's database and follows the stream.
+ * No usable copy, a position off the master's history, or a copy that failed verification all
+ * lead to a snapshot. Between reconnects it backs off with jitter.
+ */
+export class ReplicationReplica {
+  private applier: Applier | undefined;
+  private running = false;
+  private abort: AbortController | undefined;
+  private queue: TxRecord[] = [];
+  private queueBytes = 0;
+  private applyScheduled = false;
+  private waiters: Waiter[] = [];
+  private readonly stateFile: string;
+  /** The master's latest position, from its records and heartbeats. */
+  masterPosition: Position | undefined;
+  masterCommitTimeMs: number | undefined;
+  lastContactMs: number | undefined;
+  connected = false;
+  snapshotsTaken = 0;
+  private ackTimer: NodeJS.Timeout | undefined;
+  private ackInFlight = false;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly client: InternalClient,
+    private readonly opts: ReplicaOptions,
+    private readonly hooks: ReplicaHooks,
+    private readonly log: Logger,
+  ) {
+    mkdirSync(opts.dir, { recursive: true });
+    this.stateFile = path.join(opts.dir, 'replica.position');
+    this.applier = Applier.open(opts.dbPath, this.stateFile);
+    if (this.applier) log.info({ position: this.applier.position }, 'replica copy opened');
+  }
+
+  get position(): Position | undefined {
+    return this.applier?.position;
+  }
+
+  get id(): string {
+    return this.opts.replicaId;
+  }
+
+  get hasCopy(): boolean {
+    return this.applier !== undefined && !this.applier.isBroken;
+  }
+
+  start(): void {
+    this.running = true;
+    if (this.hasCopy) this.hooks.onCopyChanged(true);
+    this.loop = this.follow();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.abort?.abort();
+    clearTimeout(this.ackTimer);
+    await this.loop;
+    for (const w of this.waiters) {
+      clearTimeout(w.timer);
+      w.resolve(false);
+    }
+    this.waiters = [];
+    this.applier?.close();
+    this.applier = undefined;
+  }
+
+  /** Resolves true once the copy reaches `txid`, false after `timeoutMs`. */
+  waitFor(txid: number, timeoutMs: number): Promise<boolean> {
+    if ((this.position?.txid ?? -1) >= txid) return Promise.resolve(true);
+    if (timeoutMs <= 0) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const w: Waiter = {
+        txid,
+        resolve,
+        timer: setTimeout(() => {
+          this.waiters = this.waiters.filter((x) => x !== w);
+          resolve(false);
+        }, timeoutMs),
+      };
+      this.waiters.push(w);
+    });
+  }
+
+  private async follow(): Promise<void> {
+    let backoff = BACKOFF_MIN_MS;
+    while (this.running) {
+      try {
+        if (!this.hasCopy) await this.takeSnapshot();
+        const outcome = await this.stream();
+        if (outcome === 'snapshot') {
+          this.log.warn({ position: this.position }, 'master says this copy is not on its history; taking a snapshot');
+          await this.takeSnapshot();
+        }
+        backoff = BACKOFF_MIN_MS;
+      } catch (err) {
+        this.connected = false;
+        if (!this.running) break;
+        this.hooks.onStreamError(err);
+        if (err instanceof ApplyError || err instanceof CorruptRecordError) {
+          this.log.error({ err: (err as Error).message, position: this.position }, 'replication stream rejected: the copy will resync from a snapshot');
+          this.closeCopy();
+        } else {
+          this.log.warn({ err: (err as Error).message, retry_ms: backoff }, 'replication stream failed; reconnecting');
+        }
+        await sleep(backoff / 2 + Math.random() * backoff);
+        backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
+      }
+    }
+  }
+
+  /** Follows the stream until it ends. 'snapshot' when the master refuses our position. */
+  private async stream(): Promise<'ended' | 'snapshot'> {
+    const pos = this.position!;
+    const q = new URLSearchParams({
+      from: String(pos.txid),
+      epoch: String(pos.epoch),
+      checksum: pos.checksum,
+      replica_id: this.opts.replicaId,
+      replica_url: this.opts.advertiseUrl,
+    });
+    this.abort = new AbortController();
+    const res = await this.client.open('GET', `/internal/v1/replication/stream?${q}`, undefined, this.abort.signal);
+    if (res.statusCode === 409) {
+      res.resume();
+      return 'snapshot';
+    }
+    if (res.statusCode !== 200) {
+      res.resume();
+      throw new Error(`stream request answered ${res.statusCode}`);
+    }
+    const advertised = res.headers['x-nebulagc-advertise-url'];
+    if (typeof advertised === 'string') this.hooks.onMasterAdvertised(advertised);
+    this.connected = true;
+    this.lastContactMs = Date.now();
+    this.log.info({ from: pos.txid, master: this.client.baseUrl }, 'following the master');
+    const framer = new RecordFramer(MAX_RECORD_BYTES);
+    try {
+      for await (const chunk of res as AsyncIterable<Buffer>) {
+        const now = Date.now();
+        this.lastContactMs = now;
+        for (const buf of framer.push(chunk)) {
+          const r = decodeRecord(buf);
+          if (r.type === RECORD_TX) {
+            this.queue.push(r);
+            this.queueBytes += buf.length;
+            this.masterPosition = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
+            this.masterCommitTimeMs = r.commitTimeMs;
+          } else if (r.type === RECORD_HEARTBEAT) {
+            this.masterPosition = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
+            this.hooks.onHeartbeat(r.masterTimeMs, performance.timeOrigin + performance.now());
+          }
+        }
+        if (this.queue.length > 0) this.scheduleApply();
+      }
+    } finally {
+      this.connected = false;
+    }
+    // Apply what arrived before the end, so a restart of the master loses nothing here.
+    this.applyQueued();
+    return 'ended';
+  }
+
+  /** Group commit: everything that arrived before the next turn of the event loop goes in one batch. */
+  private scheduleApply(): void {
+    if (this.applyScheduled) return;
+    this.applyScheduled = true;
+    setImmediate(() => {
+      this.applyScheduled = false;
+      try {
+        this.applyQueued();
+      } catch (err) {
+        // Stop serving this copy and break the stream: follow() resyncs from a snapshot.
+        this.log.error({ err: (err as Error).message, position: this.position }, 'replication apply failed: the copy will resync from a snapshot');
+        this.hooks.onStreamError(err);
+        this.closeCopy();
+        this.abort?.abort(err);
+      }
+    });
+  }
+
+  private applyQueued(): void {
+    if (this.queue.length === 0 || !this.applier) return;
+    const batch = this.queue;
+    const bytes = this.queueBytes;
+    this.queue = [];
+    this.queueBytes = 0;
+    const pos = this.applier.apply(batch);
+    this.hooks.onApplied(pos, batch.length, bytes);
+    this.releaseWaiters(pos.txid);
+    this.scheduleAck();
+  }
+
+  private releaseWaiters(txid: number): void {
+    if (this.waiters.length === 0) return;
+    const still: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (w.txid <= txid) {
+        clearTimeout(w.timer);
+        w.resolve(true);
+      } else still.push(w);
+    }
+    this.waiters = still;
+  }
+
+  /** Acknowledges the durable position to the master, at most one request in flight. */
+  private scheduleAck(): void {
+    if (this.ackTimer || this.ackInFlight) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      const pos = this.position;
+      if (!pos) return;
+      this.ackInFlight = true;
+      this.client
+        .json('POST', '/internal/v1/replication/ack', { replica_id: this.opts.replicaId, ...pos })
+        .catch((err: unknown) => this.log.debug({ err: (err as Error).message }, 'ack failed'))
+        .finally(() => {
+          this.ackInFlight = false;
+          if (this.position && this.position.txid !== pos.txid) this.scheduleAck();
+        });
+    }, 20);
+    this.ackTimer.unref();
+  }
+
+  private closeCopy(): void {
+    this.queue = [];
+    this.queueBytes = 0;
+    if (this.applier) {
+      this.hooks.onCopyChanged(false);
+      this.applier.close();
+      this.applier = undefined;
+    }
+  }
+
+  private async takeSnapshot(): Promise<void> {
+    this.abort = new AbortController();
+    const snap = await downloadSnapshot(this.client, this.opts.dbPath, this.log, this.abort.signal);
+    // Only a verified file replaces the copy; the old one served until this moment.
+    this.closeCopy();
+    installSnapshot(snap, this.opts.dbPath);
+    this.applier = Applier.fromSnapshot(this.opts.dbPath, this.stateFile, snap.checksum, snap.position);
+    this.snapshotsTaken++;
+    this.masterPosition ??= snap.position;
+    this.hooks.onCopyChanged(true);
+    this.hooks.onApplied(snap.position, 0, 0);
+    this.releaseWaiters(snap.position.txid);
+    this.log.info({ position: snap.position }, 'snapshot installed');
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
