@@ -26,6 +26,7 @@ export const envSchema = z.object({
   NEBULAGC_HMAC_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   NEBULAGC_DEV: bool.default(false),
   NEBULAGC_ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
+  NEBULAGC_OPERATOR_TOKEN: z.string().min(1).optional(),
   NEBULAGC_NODE_ID: z.string().min(1).default(os.hostname()),
   NEBULAGC_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   NEBULAGC_HA_MODE: z.enum(['standalone', 'master', 'replica']).default('standalone'),
@@ -70,6 +71,8 @@ export interface Config {
   hmacSecret: string | undefined;
   dev: boolean;
   adminToken: string | undefined;
+  /** For CLI commands that call a running server (replication status). */
+  operatorToken: string | undefined;
   nodeId: string;
   logLevel: Env['NEBULAGC_LOG_LEVEL'];
   haMode: Env['NEBULAGC_HA_MODE'];
@@ -130,6 +133,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
     hmacSecret: e.NEBULAGC_HMAC_SECRET,
     dev: e.NEBULAGC_DEV,
     adminToken: e.NEBULAGC_ADMIN_TOKEN,
+    operatorToken: e.NEBULAGC_OPERATOR_TOKEN,
     nodeId: e.NEBULAGC_NODE_ID,
     logLevel: e.NEBULAGC_LOG_LEVEL,
     haMode: mode,

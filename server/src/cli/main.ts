@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
 import { maintenanceCommands } from './maintenance.js';
+import { replicationCommands } from './replication.js';
 import { resourceCommands } from './resources.js';
 import { serveCommand } from './serve.js';
 
@@ -12,7 +13,7 @@ const program = new Command('nebulagc-server')
   .exitOverride();
 
 program.addCommand(serveCommand());
-for (const cmd of [...resourceCommands(), ...maintenanceCommands()]) program.addCommand(cmd);
+for (const cmd of [...resourceCommands(), ...maintenanceCommands(), ...replicationCommands()]) program.addCommand(cmd);
 
 try {
   await program.parseAsync(process.argv);

@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { readFileSync, statSync } from 'node:fs';
 import { defaultBundleLimits, inspectBundle } from '../domain/bundle-archive.js';
 import { loadConfig } from '../config.js';
+import { checksumCommand } from './replication.js';
 import { intArg, printJson, withDbOptions, withStore, type DbFlags } from './common.js';
 
 /** migrate, db check|compact, backup and bundle verify: operations on files, no server needed. */
@@ -11,6 +12,7 @@ export function maintenanceCommands(): Command[] {
   );
 
   const db = new Command('db').description('database maintenance');
+  db.addCommand(checksumCommand());
   withDbOptions(db.command('check').description('run SQLite integrity_check; exits 1 unless ok')).action((f: DbFlags) =>
     withStore(f, ({ store }) => {
       const rows = store.reader.pragma('integrity_check') as { integrity_check: string }[];

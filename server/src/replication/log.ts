@@ -289,3 +289,24 @@ export class ReplicationLog {
     this.memoryFrom = this.entries.length;
   }
 }
+
+/** The last transaction in a log directory, read without changing anything (for the CLI). */
+export function lastLoggedPosition(dir: string): Position | undefined {
+  const files = readdirSync(dir)
+    .filter((f) => SEGMENT.test(f))
+    .sort()
+    .reverse();
+  for (const name of files) {
+    let last: Position | undefined;
+    try {
+      for (const buf of new RecordFramer(MAX_RECORD_BYTES).push(readFileSync(path.join(dir, name)))) {
+        const r = decodeRecord(buf);
+        if (r.type === 1) last = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
+      }
+    } catch {
+      // A torn tail: keep what decoded before it.
+    }
+    if (last) return last;
+  }
+  return undefined;
+}
