@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import type { Statement } from 'better-sqlite3';
-import { openDatabase, type Db } from '../db/connection.js';
+import type { Db } from '../db/connection.js';
+import { imageStamp, openApplierConnection, StampFollower } from './page-one-stamps.js';
 import { readAllPages } from './capture.js';
 import { DbChecksum } from './checksum.js';
 import type { PageImage, Position, TxRecord } from './record.js';
@@ -29,8 +30,19 @@ export class Applier {
   private recovering: number;
   private readonly statements = new Map<number, Statement>();
 
-  private constructor(db: Db, positionFile: PositionFile, checksum: DbChecksum, pos: Position, recovering: boolean) {
+  private readonly stamps: StampFollower;
+
+  private constructor(
+    db: Db,
+    positionFile: PositionFile,
+    checksum: DbChecksum,
+    pos: Position,
+    recovering: boolean,
+    fileStamp: number,
+    warn: (msg: string) => void,
+  ) {
     this.db = db;
+    this.stamps = new StampFollower(db, fileStamp, warn);
     this.positionFile = positionFile;
     this.checksum = checksum;
     this.pos = pos;
@@ -41,7 +53,12 @@ export class Applier {
    * Opens an existing copy and checks it against the stored position. Undefined when there is
    * no usable copy (the caller takes a snapshot).
    */
-  static open(dbPath: string, stateFile: string, known?: { checksum: DbChecksum; position: Position }): Applier | undefined {
+  static open(
+    dbPath: string,
+    stateFile: string,
+    warn: (msg: string) => void,
+    known?: { checksum: DbChecksum; position: Position },
+  ): Applier | undefined {
     if (!existsSync(dbPath) || !existsSync(stateFile)) return undefined;
     const positionFile = new PositionFile(stateFile);
     const stored = positionFile.read();
@@ -49,8 +66,7 @@ export class Applier {
       positionFile.close();
       return undefined;
     }
-    const db = openDatabase(dbPath, { synchronous: 'FULL' });
-    db.unsafeMode(true);
+    const { db, fileStamp } = openApplierConnection(dbPath);
     let checksum = known?.checksum;
     if (!checksum) {
       checksum = new DbChecksum(db.pragma('page_size', { simple: true }) as number);
@@ -61,15 +77,15 @@ export class Applier {
       }
       checksum.resize(last);
     }
-    return new Applier(db, positionFile, checksum, stored, checksum.value !== stored.checksum);
+    return new Applier(db, positionFile, checksum, stored, checksum.value !== stored.checksum, fileStamp, warn);
   }
 
   /** Starts a copy from a snapshot that was just put in place. */
-  static fromSnapshot(dbPath: string, stateFile: string, checksum: DbChecksum, position: Position): Applier {
+  static fromSnapshot(dbPath: string, stateFile: string, warn: (msg: string) => void, checksum: DbChecksum, position: Position): Applier {
     const positionFile = new PositionFile(stateFile);
     positionFile.write(position);
     positionFile.close();
-    return Applier.open(dbPath, stateFile, { checksum, position })!;
+    return Applier.open(dbPath, stateFile, warn, { checksum, position })!;
   }
 
   get position(): Position {
@@ -102,6 +118,8 @@ export class Applier {
   private applyGroup(records: TxRecord[]): void {
     let pos = this.pos;
     let recovering = this.recovering;
+    const page1 = records[records.length - 1]!.pages.find((p) => p.pgno === 1);
+    if (page1) this.stamps.prepare(imageStamp(page1.data));
     this.db.transaction(() => {
       for (const r of records) {
         if (r.txid !== pos.txid + 1) throw new ApplyError(`expected txid ${pos.txid + 1}, got ${r.txid}`);
@@ -115,6 +133,7 @@ export class Applier {
         pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
       }
     })();
+    if (page1) this.stamps.committed();
     this.pos = pos;
     this.recovering = recovering;
   }

@@ -140,13 +140,18 @@ export class WalCapture {
       this.framesCaptured = 0;
     }
     this.lossPossible = false;
+    return this.captureFrames(header, size, false);
+  }
+
+  /** Turns the committed frames from the scan position to `size` into transactions. */
+  private captureFrames(header: WalHeader, size: number, copyPages: boolean): CapturedTx[] {
     if (size <= this.scan.offset) return [];
     const bytes = this.readAt(this.scan.offset, size - this.scan.offset);
     const { transactions, state } = scanFrames(bytes, header, this.scan);
     const out: CapturedTx[] = [];
     for (const tx of transactions) {
       const pages = new Map<number, Buffer>();
-      for (const f of tx.frames) pages.set(f.pgno, f.data);
+      for (const f of tx.frames) pages.set(f.pgno, copyPages ? Buffer.from(f.data) : f.data);
       for (const [pgno, data] of pages) this.checksum.setPage(pgno, data);
       this.checksum.resize(tx.dbSize);
       this.framesCaptured += tx.frames.length;
@@ -154,6 +159,33 @@ export class WalCapture {
     }
     this.scan = state;
     return out;
+  }
+
+  /**
+   * After a restart we did not pin through, the old generation's frames past our position are
+   * often still in the file: a RESTART checkpoint leaves the file as it is, and the new
+   * generation overwrites it only from the start. When our position lies beyond everything the
+   * new generation wrote, the old frames there (same salts, our checksum chain) are exactly
+   * what we missed, and the first one that fails to verify is the old generation's real end.
+   * Otherwise nothing can be told, and undefined sends the caller to the full comparison.
+   * Runs under the write lock, so nothing moves meanwhile.
+   */
+  private oldGenerationTail(): CapturedTx[] | undefined {
+    const old = this.header;
+    const size = fstatSync(this.fd).size;
+    if (!old || size < this.scan.offset) return undefined;
+    const fresh = size >= WAL_HEADER_BYTES ? parseWalHeader(this.readAt(0, WAL_HEADER_BYTES)) : undefined;
+    if (!fresh) return undefined;
+    const start: ScanState = { offset: WAL_HEADER_BYTES, cksum0: fresh.cksum0, cksum1: fresh.cksum1 };
+    const newEnd = scanFrames(this.readAt(WAL_HEADER_BYTES, this.scan.offset - WAL_HEADER_BYTES), fresh, start).state.offset;
+    const frameBytes = 24 + fresh.pageSize;
+    // The new generation may have written right up to (or into) our old position.
+    if (newEnd + frameBytes > this.scan.offset) return undefined;
+    const missed = this.captureFrames(old, size, true);
+    this.header = fresh;
+    this.scan = start;
+    this.framesCaptured = 0;
+    return missed;
   }
 
   /**
@@ -239,6 +271,12 @@ export class WalCapture {
       this.activePin = -1;
     }
     return this.underWriteLock(() => {
+      const missed = this.oldGenerationTail();
+      if (missed) {
+        this.lossPossible = false;
+        this.pin();
+        return missed.concat(this.captureFrames(this.header!, fstatSync(this.fd).size, false));
+      }
       const changed = new Map<number, Buffer>();
       const probe = new DbChecksum(this.checksum.pageSize);
       let last = 0;

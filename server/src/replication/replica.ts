@@ -58,6 +58,7 @@ export class ReplicationReplica {
   private ackTimer: NodeJS.Timeout | undefined;
   private ackInFlight = false;
   private loop: Promise<void> | undefined;
+  private readonly warn = (msg: string): void => this.log.warn(msg);
 
   constructor(
     private readonly client: InternalClient,
@@ -67,7 +68,7 @@ export class ReplicationReplica {
   ) {
     mkdirSync(opts.dir, { recursive: true });
     this.stateFile = path.join(opts.dir, 'replica.position');
-    this.applier = Applier.open(opts.dbPath, this.stateFile);
+    this.applier = Applier.open(opts.dbPath, this.stateFile, this.warn);
     if (this.applier) log.info({ position: this.applier.position }, 'replica copy opened');
   }
 
@@ -276,7 +277,7 @@ export class ReplicationReplica {
     // Only a verified file replaces the copy; the old one served until this moment.
     this.closeCopy();
     installSnapshot(snap, this.opts.dbPath);
-    this.applier = Applier.fromSnapshot(this.opts.dbPath, this.stateFile, snap.checksum, snap.position);
+    this.applier = Applier.fromSnapshot(this.opts.dbPath, this.stateFile, this.warn, snap.checksum, snap.position);
     this.snapshotsTaken++;
     this.masterPosition ??= snap.position;
     this.hooks.onCopyChanged(true);
