@@ -82,8 +82,10 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       { dbPath: config.dbPath, dir: replicationDir(config.dbPath), replicaId: config.nodeId, advertiseUrl: rep.advertiseUrl },
       {
         onCopyChanged: (available) => useCopy!(available),
-        onApplied: (pos, txs, bytes) => {
+        onApplied: (pos, txs, bytes, commitTimesMs) => {
           store.changes.bump();
+          const now = performance.timeOrigin + performance.now();
+          for (const t of commitTimesMs) metrics.replicationApplyLag.observe(Math.max(0, now - t) / 1000);
           metrics.replicationTransactions.inc(txs);
           metrics.replicationBytes.inc({ direction: 'received' }, bytes);
           if (txs > 0) metrics.replicationBatchSize.observe(txs);

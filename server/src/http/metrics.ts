@@ -105,6 +105,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly replicationApplyLag = new Histogram({
+    name: 'nebulagc_replication_apply_lag_seconds',
+    help: 'On a replica: from the master committing a transaction to this replica having it applied and its position fsynced (same-machine clocks are exact; across machines it includes clock skew)',
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+
   readonly replicationSnapshots = new Counter({
     name: 'nebulagc_replication_snapshots_total',
     help: 'Snapshots installed by this replica',

@@ -18,8 +18,8 @@ export interface ReplicaOptions {
 export interface ReplicaHooks {
   /** The copy was replaced or opened: reopen read connections. `undefined` closes them. */
   onCopyChanged(available: boolean): void;
-  /** A batch was applied. */
-  onApplied(pos: Position, txCount: number, bytes: number): void;
+  /** A batch was applied (and its position fsynced); `commitTimesMs` are the master's commit times of its transactions. */
+  onApplied(pos: Position, txCount: number, bytes: number, commitTimesMs: number[]): void;
   onHeartbeat(masterTimeMs: number, receivedAtMs: number): void;
   onStreamError(err: unknown): void;
   onMasterAdvertised(url: string): void;
@@ -225,7 +225,12 @@ export class ReplicationReplica {
     this.queue = [];
     this.queueBytes = 0;
     const pos = this.applier.apply(batch);
-    this.hooks.onApplied(pos, batch.length, bytes);
+    this.hooks.onApplied(
+      pos,
+      batch.length,
+      bytes,
+      batch.map((r) => r.commitTimeMs),
+    );
     this.releaseWaiters(pos.txid);
     this.scheduleAck();
   }
@@ -281,7 +286,7 @@ export class ReplicationReplica {
     this.snapshotsTaken++;
     this.masterPosition ??= snap.position;
     this.hooks.onCopyChanged(true);
-    this.hooks.onApplied(snap.position, 0, 0);
+    this.hooks.onApplied(snap.position, 0, 0, []);
     this.releaseWaiters(snap.position.txid);
     this.log.info({ position: snap.position }, 'snapshot installed');
   }
