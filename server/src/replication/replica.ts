@@ -174,11 +174,18 @@ export class ReplicationReplica {
     this.lastContactMs = Date.now();
     this.log.info({ from: pos.txid, master: this.client.baseUrl }, 'following the master');
     const framer = new RecordFramer(MAX_RECORD_BYTES);
+    // Heartbeats come every 500 ms; a stream without a complete record for longer than the
+    // timeout is dead or wedged (a damaged length prefix waits for bytes that never come).
+    const timeoutMs = this.opts.heartbeatTimeoutMs ?? 3000;
+    const abort = this.abort;
+    const watchdog = setInterval(() => {
+      if (Date.now() - (this.lastContactMs ?? 0) > timeoutMs) abort.abort(new Error(`no complete record for ${timeoutMs} ms`));
+    }, Math.min(500, timeoutMs));
+    watchdog.unref();
     try {
       for await (const chunk of res as AsyncIterable<Buffer>) {
-        const now = Date.now();
-        this.lastContactMs = now;
         for (const buf of framer.push(chunk)) {
+          this.lastContactMs = Date.now();
           const r = decodeRecord(buf);
           if (r.type === RECORD_TX) {
             this.queue.push(r);
@@ -193,6 +200,7 @@ export class ReplicationReplica {
         if (this.queue.length > 0) this.scheduleApply();
       }
     } finally {
+      clearInterval(watchdog);
       this.connected = false;
     }
     // Apply what arrived before the end, so a restart of the master loses nothing here.

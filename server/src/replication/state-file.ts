@@ -14,9 +14,10 @@ export class PositionFile {
   private seq = 0;
 
   constructor(readonly file: string) {
-    this.fd = openSync(file, 'a+');
-    closeSync(this.fd);
+    closeSync(openSync(file, 'a+'));
     this.fd = openSync(file, 'r+');
+    // Continue the sequence already on disk, so the next write is the newest slot.
+    this.read();
   }
 
   read(): Position | undefined {
