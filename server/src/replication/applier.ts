@@ -4,7 +4,7 @@ import type { Db } from '../db/connection.js';
 import { imageStamp, openApplierConnection, StampFollower } from './page-one-stamps.js';
 import { readAllPages } from './capture.js';
 import { DbChecksum } from './checksum.js';
-import type { PageImage, Position, TxRecord } from './record.js';
+import type { Position, TxRecord } from './record.js';
 import { PositionFile } from './state-file.js';
 
 /** SQLite binds at most 32766 variables; two per row. */
@@ -115,49 +115,65 @@ export class Applier {
     return this.pos;
   }
 
+  /**
+   * Verifies a group's transactions against the page hashes, then writes all their pages in
+   * ONE autocommit statement: page images tx by tx (each with page 1 last), and the truncation
+   * row (size + 1, NULL) last when the database shrinks. Inside an explicit transaction SQLite
+   * re-reads the page count from page 1 when the statement ends and then truncates nothing:
+   * the freed pages would stay in the file, which would no longer be byte-identical.
+   */
   private applyGroup(records: TxRecord[]): void {
     let pos = this.pos;
     let recovering = this.recovering;
+    const rows: (number | Buffer | null)[] = [];
+    let shrinkTo: number | undefined;
+    for (const r of records) {
+      if (r.txid !== pos.txid + 1) throw new ApplyError(`expected txid ${pos.txid + 1}, got ${r.txid}`);
+      if (r.epoch < pos.epoch) throw new ApplyError(`txid ${r.txid} comes from epoch ${r.epoch}, older than ${pos.epoch}`);
+      // A shrinking transaction writes page 1 (the page count lives there), so it ends its group.
+      shrinkTo = r.dbSize < this.checksum.pageCount ? r.dbSize : undefined;
+      for (const p of r.pages) {
+        rows.push(p.pgno, p.data);
+        this.checksum.setPage(p.pgno, p.data);
+      }
+      this.checksum.resize(r.dbSize);
+      if (this.checksum.value === r.checksum) recovering = 0;
+      else if (recovering > 0) recovering--;
+      else throw new ApplyError(`checksum mismatch after txid ${r.txid}: have ${this.checksum.value}, master has ${r.checksum}`);
+      pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
+    }
+    if (shrinkTo !== undefined) rows.push(shrinkTo + 1, null);
     const page1 = records[records.length - 1]!.pages.find((p) => p.pgno === 1);
     if (page1) this.stamps.prepare(imageStamp(page1.data));
-    this.db.transaction(() => {
-      for (const r of records) {
-        if (r.txid !== pos.txid + 1) throw new ApplyError(`expected txid ${pos.txid + 1}, got ${r.txid}`);
-        if (r.epoch < pos.epoch) throw new ApplyError(`txid ${r.txid} comes from epoch ${r.epoch}, older than ${pos.epoch}`);
-        this.writePages(r, r.dbSize < this.checksum.pageCount);
-        for (const p of r.pages) this.checksum.setPage(p.pgno, p.data);
-        this.checksum.resize(r.dbSize);
-        if (this.checksum.value === r.checksum) recovering = 0;
-        else if (recovering > 0) recovering--;
-        else throw new ApplyError(`checksum mismatch after txid ${r.txid}: have ${this.checksum.value}, master has ${r.checksum}`);
-        pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
-      }
-    })();
+    this.writeRows(rows);
     if (page1) this.stamps.committed();
     this.pos = pos;
     this.recovering = recovering;
   }
 
+  /** One statement, one commit: inline when the rows fit SQLite's bind limit, staged in a temp table otherwise. */
+  private writeRows(args: (number | Buffer | null)[]): void {
+    const rows = args.length / 2;
+    if (rows === 0) return;
+    if (rows <= MAX_ROWS_PER_STATEMENT) {
+      this.statementFor(rows).run(...args);
+      return;
+    }
+    this.db.exec('CREATE TEMP TABLE IF NOT EXISTS apply_rows (seq INTEGER PRIMARY KEY, pgno INTEGER NOT NULL, data BLOB)');
+    const stage = this.db.prepare('INSERT INTO temp.apply_rows (pgno, data) VALUES (?, ?)');
+    this.db.transaction(() => {
+      for (let i = 0; i < args.length; i += 2) stage.run(args[i], args[i + 1]);
+    })();
+    try {
+      this.db.prepare('INSERT INTO main.sqlite_dbpage (pgno, data) SELECT pgno, data FROM temp.apply_rows ORDER BY seq').run();
+    } finally {
+      this.db.exec('DELETE FROM temp.apply_rows');
+    }
+  }
+
   close(): void {
     this.positionFile.close();
     this.db.close();
-  }
-
-  /**
-   * One statement for the whole transaction when it fits: its pages (page 1 last, as the
-   * record orders them) and, when the database shrinks, the truncation row (dbSize + 1, NULL).
-   * DESIGN §3: nothing may run after page 1 within the transaction's writes. The truncation
-   * row is left out otherwise because it dirties page 1, and SQLite restamps a dirty page 1.
-   */
-  private writePages(r: TxRecord, shrinks: boolean): void {
-    const rows: (PageImage | { pgno: number; data: null })[] = shrinks ? [...r.pages, { pgno: r.dbSize + 1, data: null }] : r.pages;
-    if (rows.length === 0) return;
-    for (let i = 0; i < rows.length; i += MAX_ROWS_PER_STATEMENT) {
-      const part = rows.slice(i, i + MAX_ROWS_PER_STATEMENT);
-      const args: (number | Buffer | null)[] = [];
-      for (const row of part) args.push(row.pgno, row.data);
-      this.statementFor(part.length).run(...args);
-    }
   }
 
   private statementFor(rows: number): Statement {

@@ -85,8 +85,9 @@ export class WalCapture {
     const pageSize = writer.pragma('page_size', { simple: true }) as number;
     this.checksum = new DbChecksum(pageSize);
     // Start under the write lock, so the WAL end, the checksum and the pin agree exactly.
+    let walPages = new Map<number, Buffer>();
     this.underWriteLock(() => {
-      this.readWalToEnd();
+      walPages = this.readWalToEnd(true);
       let last = 0;
       for (const p of readAllPages(writer)) {
         this.checksum.setPage(p.pgno, p.data);
@@ -96,9 +97,20 @@ export class WalCapture {
       this.pin();
     });
     const resume = opts.resumeFrom;
-    this.historyBroken = resume !== undefined && resume.checksum !== this.checksum.value;
     this.txid = resume?.txid ?? 0;
+    const behind = resume !== undefined && resume.checksum !== this.checksum.value;
+    // The log lost its last records (a crash before they were written) or the database moved
+    // on while we were down. Replicas never saw past the log (the stream serves only what is
+    // on disk), and every page changed since the last checkpoint is in the WAL: shipping those
+    // pages as one transaction brings a replica at the log's end to the database as it is.
+    // Replicas verify it against the checksum, so a change that was checkpointed away unseen
+    // sends them to a snapshot rather than to a wrong copy.
+    this.recovery = behind && walPages.size > 0 ? this.emit(pageList(walPages), this.checksum.pageCount, false) : undefined;
+    this.historyBroken = behind && !this.recovery;
   }
+
+  /** The transaction that bridges the log to the database found at start, if one was needed. */
+  readonly recovery: CapturedTx | undefined;
 
   get position(): Position {
     return { epoch: this.epochValue, txid: this.txid, checksum: this.checksum.value };
@@ -313,20 +325,28 @@ export class WalCapture {
     }
   }
 
-  /** Moves the scan state to the end of the committed frames without emitting anything. */
-  private readWalToEnd(): void {
+  /**
+   * Moves the scan state to the end of the committed frames without emitting anything; with
+   * `collect`, returns (copies of) the latest image of every page those frames hold.
+   */
+  private readWalToEnd(collect = false): Map<number, Buffer> {
+    const pages = new Map<number, Buffer>();
     const size = fstatSync(this.fd).size;
     const header = size >= WAL_HEADER_BYTES ? parseWalHeader(this.readAt(0, WAL_HEADER_BYTES)) : undefined;
     this.header = header;
     this.framesCaptured = 0;
     if (!header) {
       this.scan = { offset: WAL_HEADER_BYTES, cksum0: 0, cksum1: 0 };
-      return;
+      return pages;
     }
     const from: ScanState = { offset: WAL_HEADER_BYTES, cksum0: header.cksum0, cksum1: header.cksum1 };
     const { transactions, state } = scanFrames(this.readAt(WAL_HEADER_BYTES, size - WAL_HEADER_BYTES), header, from);
-    for (const tx of transactions) this.framesCaptured += tx.frames.length;
+    for (const tx of transactions) {
+      this.framesCaptured += tx.frames.length;
+      if (collect) for (const f of tx.frames) pages.set(f.pgno, Buffer.from(f.data));
+    }
     this.scan = state;
+    return pages;
   }
 
   private readAt(offset: number, length: number): Buffer {

@@ -51,6 +51,10 @@ export class ReplicationLog {
   private memoryBytes = 0;
   private memoryFrom = 0;
   private cumulative = 0;
+  /** The last txid written to a segment file: replicas are streamed nothing past it. */
+  durableTxid: number | undefined;
+  /** Called after appended records reach the segment file. */
+  onFlushed: (() => void) | undefined;
   /** After loading, appends go to a new segment: the last file may end in a torn record. */
   private needFreshSegment = true;
 
@@ -153,6 +157,7 @@ export class ReplicationLog {
     this.memoryBytes = 0;
     this.memoryFrom = 0;
     this.pending = [];
+    this.durableTxid = undefined;
   }
 
   /** Applies the size and age limits; call it now and then. */
@@ -186,6 +191,9 @@ export class ReplicationLog {
     this.pending = [];
     let written = 0;
     while (written < data.length) written += writeSync(this.fd, data, written);
+    // In the page cache now: a crash of this process no longer loses it.
+    this.durableTxid = this.last?.txid;
+    this.onFlushed?.();
   }
 
   close(): void {
@@ -287,6 +295,7 @@ export class ReplicationLog {
       this.segments.push(seg);
     }
     this.memoryFrom = this.entries.length;
+    this.durableTxid = this.last?.txid;
   }
 }
 

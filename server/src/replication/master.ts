@@ -74,7 +74,14 @@ export class ReplicationMaster {
     this.log = new ReplicationLog(path.join(opts.dir, 'log'), { ...opts.log, segmentBytes: 16 * 1024 * 1024 });
     this.pins = [openDatabase(opts.dbPath, { readonly: true }), openDatabase(opts.dbPath, { readonly: true })];
     this.capture = new WalCapture(writer.db, { dbPath: opts.dbPath, pins: this.pins, epoch, resumeFrom: this.log.last });
-    if (this.capture.historyBroken) {
+    if (this.capture.recovery) {
+      logger.warn(
+        { log_txid: this.log.last?.txid, pages: this.capture.recovery.pages.length },
+        'database is ahead of the replication log (a crash before the log was written?); shipping the WAL pages as one transaction',
+      );
+      this.publish([this.capture.recovery]);
+      this.log.flush();
+    } else if (this.capture.historyBroken) {
       logger.warn(
         { log_txid: this.log.last?.txid, log_checksum: this.log.last?.checksum, db_checksum: this.capture.position.checksum },
         'database does not match the replication log (changed while the server was down?); replicas will resync from a snapshot',
@@ -84,10 +91,14 @@ export class ReplicationMaster {
     writer.setLockWait({
       quickMs: 20,
       patienceMs: 5000,
-      beforeWait: () => this.publish(this.capture.releasePins()),
+      beforeWait: () => {
+        this.publish(this.capture.releasePins());
+        this.log.flush();
+      },
       afterAcquire: () => this.publish(this.capture.capture()),
     });
     writer.onCommit(() => this.captureNow());
+    this.log.onFlushed = () => this.wakeAll();
     logger.info({ position: this.position }, 'replication master ready');
   }
 
@@ -213,7 +224,6 @@ export class ReplicationMaster {
     this.lastRecordAt = Date.now();
     this.events.onTransactions?.(txs);
     this.events.onRecordBytes?.(bytes);
-    this.wakeAll();
   }
 
   private wakeAll(): void {
@@ -224,6 +234,9 @@ export class ReplicationMaster {
   private maintainWal(): void {
     const threshold = this.opts.walCheckpointBytes;
     if (threshold > 0 && this.capture.walBytes() > threshold) {
+      // Only what is in the log may leave the WAL: a crash must find the rest still there.
+      this.captureNow();
+      this.log.flush();
       const { captured, complete } = this.capture.checkpoint();
       this.publish(captured);
       if (!complete) this.logger.debug('WAL checkpoint incomplete (a reader or writer was busy); will retry');

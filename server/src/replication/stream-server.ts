@@ -53,7 +53,9 @@ export function replicationStream(
   const pumpOnce = (): void => {
     if (closed) return;
     try {
-      const last = master.log.last?.txid ?? master.position.txid;
+      // Only records already written to the log's file: a replica must never hold a
+      // transaction the master could lose in a crash.
+      const last = master.log.durableTxid ?? 0;
       if (next <= last) {
         if (!master.log.covers(next - 1)) {
           // Retention overtook this replica: end the stream; on reconnecting it is told to

@@ -402,7 +402,7 @@ describe('WalCapture', () => {
     h.assertIdentical();
   });
 
-  it('resumeFrom: a matching checksum continues the history, a wrong one breaks it', () => {
+  it('resumeFrom: a matching checksum continues the history; a wrong one is bridged from the WAL, or breaks it without one', () => {
     // Find the checksum of a database state with a throwaway capture.
     h = new Harness('cap-resume', setupTable);
     const right = h.capture.position.checksum;
@@ -420,8 +420,20 @@ describe('WalCapture', () => {
     good.close();
 
     const wrong = right.slice(0, 15) + (right[15] === '0' ? '1' : '0');
+    // The database is ahead of the log and its WAL holds the changes: one bridging transaction.
+    const ahead = mk(wrong);
+    assert.equal(ahead.historyBroken, false);
+    assert.ok(ahead.recovery, 'a recovery transaction from the WAL pages');
+    assert.equal(ahead.recovery.txid, 42);
+    assert.equal(ahead.recovery.checksum, ahead.position.checksum);
+    assert.ok(ahead.recovery.pages.length > 0);
+    ahead.close();
+
+    // With the WAL checkpointed away there is nothing to bridge with: the history breaks.
+    h.writer.pragma('wal_checkpoint(TRUNCATE)');
     const bad = mk(wrong);
     assert.equal(bad.historyBroken, true);
+    assert.equal(bad.recovery, undefined);
     bad.close();
   });
 });
