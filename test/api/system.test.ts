@@ -59,7 +59,9 @@ describe('system endpoints', () => {
 
   it('/metrics exposes HTTP, db, heartbeat and HA metrics with real values', async () => {
     await call(s.url, 'GET', '/api/v1/config/version', { headers: k.node.headers });
-    const text = await (await fetch(`${s.url}/metrics`)).text();
+    const res = await fetch(`${s.url}/metrics`);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+    const text = await res.text();
     assert.match(text, /nebulagc_http_requests_total\{method="GET",route="\/api\/v1\/config\/version",status="200"\} [1-9]/);
     assert.match(text, /nebulagc_http_request_duration_seconds_bucket\{le="0.005",method="GET",route="\/api\/v1\/config\/version"\}/);
     assert.match(text, /nebulagc_db_write_transactions_total\{op="node.create"\} 2/);

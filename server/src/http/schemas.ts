@@ -12,6 +12,7 @@ export const clusterSchema = z
     tenant_id: z.string(),
     name: z.string(),
     lighthouse_port: z.number().int(),
+    overlay_cidr: z.string(),
     config_version: z.number().int(),
     current_bundle_version: z.number().int().nullable(),
     ca_cert: z.string().nullable(),
@@ -34,6 +35,9 @@ export const nodeSchema = z
     lighthouse_port: z.number().int().nullable(),
     is_relay: z.boolean(),
     overlay_ip: z.string().nullable(),
+    groups: z.array(z.string()),
+    cert_fingerprint: z.string().nullable().openapi({ description: 'Of the certificate from its last enrollment; null until it enrolls' }),
+    cert_expires_at: z.string().nullable(),
     last_seen_at: z.string().nullable(),
     created_at: z.string(),
     updated_at: z.string(),
@@ -82,6 +86,32 @@ export const nodeRoutesSchema = z
   .object({ node_id: z.string(), name: z.string(), overlay_ip: z.string().nullable(), routes: z.array(z.string()) })
   .openapi('NodeRoutes');
 
+export const enrollmentSchema = z
+  .object({
+    certificate: z.string().openapi({ description: 'The signed host certificate (PEM): host.crt' }),
+    ca_certificate: z.string().openapi({ description: 'The cluster CA (PEM): ca.crt' }),
+    fingerprint: z.string(),
+    expires_at: z.string(),
+  })
+  .openapi('Enrollment');
+
+export const blocklistSchema = z
+  .object({
+    cluster_id: z.string(),
+    fingerprints: z.array(z.string()).openapi({ description: 'For Nebula’s pki.blocklist' }),
+    entries: z.array(
+      z.object({
+        fingerprint: z.string(),
+        node_id: z.string(),
+        node_name: z.string(),
+        reason: z.enum(['deleted', 'reenrolled', 'changed']),
+        expires_at: z.string(),
+        revoked_at: z.string(),
+      }),
+    ),
+  })
+  .openapi('Blocklist');
+
 export const pageQuery = {
   limit: z.coerce.number().int().min(1).max(1000).default(100).openapi({ param: { name: 'limit', in: 'query' } }),
   offset: z.coerce.number().int().min(0).default(0).openapi({ param: { name: 'offset', in: 'query' } }),
@@ -113,3 +143,6 @@ export const errors = {
 } as const;
 
 export const security: Record<string, string[]>[] = [{ bearer: [] }, { nodeToken: [] }, { clusterToken: [] }];
+
+/** Routes that run nebula-cert. */
+export const pkiErrors = { ...errors, 503: err('nebula-cert cannot run on this server (PKI_UNAVAILABLE)') } as const;

@@ -1,4 +1,4 @@
-import type { MiddlewareHandler } from 'hono';
+import type { HonoRequest, MiddlewareHandler } from 'hono';
 import { PrincipalCache, type Presented } from '../../domain/auth.js';
 import { DomainError } from '../../domain/errors.js';
 import type { Store } from '../../domain/store.js';
@@ -6,12 +6,12 @@ import type { AppEnv } from '../context.js';
 import type { Metrics } from '../metrics.js';
 import { enforce, type RateLimiter } from './rate-limit.js';
 
-function presentedToken(header: (name: string) => string | undefined): Presented | undefined {
-  const node = header('x-nebulagc-node-token');
+function presentedToken(req: HonoRequest): Presented | undefined {
+  const node = req.header('x-nebulagc-node-token');
   if (node) return { kind: 'node', token: node };
-  const cluster = header('x-nebulagc-cluster-token');
+  const cluster = req.header('x-nebulagc-cluster-token');
   if (cluster) return { kind: 'cluster', token: cluster };
-  const auth = header('authorization');
+  const auth = req.header('authorization');
   if (auth) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) throw new DomainError('AUTH_INVALID', 'Authorization must be "Bearer <token>"');
@@ -30,8 +30,8 @@ export const requireAuth = (
   metrics: Metrics,
 ): MiddlewareHandler<AppEnv> => {
   const principals = new PrincipalCache(store);
-  return async (c, next) => {
-    const presented = presentedToken((name) => c.req.header(name));
+  return (c, next) => {
+    const presented = presentedToken(c.req);
     if (!presented) throw new DomainError('AUTH_MISSING', 'a token is required (Authorization: Bearer, or X-NebulaGC-Node-Token)');
     if (presented.token.length > 512) throw new DomainError('AUTH_INVALID', 'token is not valid');
     const principal = principals.authenticate(presented);
@@ -39,6 +39,6 @@ export const requireAuth = (
     c.set('principal', principal);
     if (principal.kind === 'node') enforce(c, limits.node, 'node', principal.id, metrics);
     if (principal.kind !== 'operator') enforce(c, limits.cluster, 'cluster', principal.clusterId, metrics);
-    await next();
+    return next();
   };
 };

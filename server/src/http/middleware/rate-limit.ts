@@ -1,9 +1,9 @@
-import { getConnInfo } from '@hono/node-server/conninfo';
 import type { Context, MiddlewareHandler } from 'hono';
 import type { RateLimit } from '../../config.js';
 import { DomainError } from '../../domain/errors.js';
 import type { AppEnv } from '../context.js';
 import type { Metrics } from '../metrics.js';
+import { noteRateLimit, setHeader } from './request-id.js';
 
 export interface Decision {
   allowed: boolean;
@@ -34,12 +34,15 @@ export class RateLimiter {
   take(key: string, now: number = Date.now()): Decision {
     const { rps, burst } = this.limit;
     if (++this.takes % 10_000 === 0) this.sweep(now);
-    const b = this.buckets.get(key) ?? { tokens: burst, at: now };
+    let b = this.buckets.get(key);
+    if (b === undefined) {
+      b = { tokens: burst, at: now };
+      this.buckets.set(key, b);
+    }
     b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rps);
     b.at = now;
     const allowed = b.tokens >= 1;
     if (allowed) b.tokens -= 1;
-    this.buckets.set(key, b);
     return {
       allowed,
       limit: burst,
@@ -62,24 +65,25 @@ export class RateLimiter {
 }
 
 /**
- * Applies one limiter to the request. When several limiters apply, the headers describe the
- * tightest; a refusal is RATE_LIMITED with Retry-After.
+ * Applies one limiter to the request. When several limiters apply, the X-RateLimit-* headers
+ * describe the tightest (they are written once, when the response is built); a refusal is
+ * RATE_LIMITED with Retry-After.
  */
 export function enforce(c: Context<AppEnv>, limiter: RateLimiter, scope: string, key: string, metrics: Metrics): void {
   if (!limiter.enabled) return;
-  const d = limiter.take(`${scope}:${key}`);
-  const tightest = c.get('rateLimitRemaining');
-  if (!d.allowed || tightest === undefined || tightest > d.remaining) {
-    c.set('rateLimitRemaining', d.remaining);
-    c.header('X-RateLimit-Limit', String(d.limit));
-    c.header('X-RateLimit-Remaining', String(d.remaining));
-    c.header('X-RateLimit-Reset', String(d.resetSeconds));
-  }
+  // Each limiter keeps its own buckets, so the key needs no scope prefix.
+  const d = limiter.take(key);
+  noteRateLimit(c, d);
   if (!d.allowed) {
     metrics.rateLimited.inc({ scope });
-    c.header('Retry-After', String(d.retryAfterSeconds));
+    setHeader(c, 'Retry-After', String(d.retryAfterSeconds));
     throw new DomainError('RATE_LIMITED', `too many requests (${scope} limit); retry in ${d.retryAfterSeconds} s`);
   }
+}
+
+interface NodeBindings {
+  server?: NodeBindings;
+  incoming?: { socket?: { remoteAddress?: string } };
 }
 
 export function clientIp(c: Context<AppEnv>, trustProxy: boolean): string {
@@ -87,11 +91,13 @@ export function clientIp(c: Context<AppEnv>, trustProxy: boolean): string {
     const forwarded = c.req.header('x-forwarded-for')?.split(',')[0]?.trim();
     if (forwarded) return forwarded;
   }
-  return getConnInfo(c).remote.address ?? 'unknown';
+  // What getConnInfo() from @hono/node-server reads, without building its result objects.
+  const env = c.env as NodeBindings | undefined;
+  return (env?.server ?? env)?.incoming?.socket?.remoteAddress ?? 'unknown';
 }
 
 export const ipRateLimit = (limiter: RateLimiter, trustProxy: boolean, metrics: Metrics): MiddlewareHandler<AppEnv> =>
-  async (c, next) => {
+  (c, next) => {
     enforce(c, limiter, 'ip', clientIp(c, trustProxy), metrics);
-    await next();
+    return next();
   };

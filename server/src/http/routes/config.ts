@@ -1,11 +1,22 @@
-import { createRoute, z } from '@hono/zod-openapi';
+import { createRoute, z, type RouteConfig } from '@hono/zod-openapi';
 import { clusterScope, describe, requireClusterAdmin } from '../../domain/auth.js';
 import { defaultBundleLimits, inspectBundle, readLimited } from '../../domain/bundle-archive.js';
-import { deleteBundle, getBundle, getBundleMeta, getConfigVersion, listBundles, storeBundle, type BundleMeta } from '../../domain/bundles.js';
+import {
+  deleteBundle,
+  getBundle,
+  getBundleMeta,
+  getConfigVersion,
+  listBundles,
+  storeBundle,
+  type BundleMeta,
+  type ConfigVersion,
+} from '../../domain/bundles.js';
 import type { Store } from '../../domain/store.js';
 import { DomainError } from '../../domain/errors.js';
 import { idSchema } from '../../domain/validation.js';
 import type { App, AppContext, Deps } from '../context.js';
+import { validationFailed } from '../errors.js';
+import { reply } from '../middleware/request-id.js';
 import { bundleMetaSchema, configVersionSchema, errors, ok, pageQuery, security } from '../schemas.js';
 
 const tags = ['Config'];
@@ -17,60 +28,121 @@ const versionParams = z.object({
 });
 const gzipContent = { 'application/gzip': { schema: z.string().openapi({ format: 'binary' }) } };
 
-const etagOf = (b: BundleMeta): string => `"${b.sha256}"`;
-
 /** RFC 9110 If-None-Match: a list of (possibly weak) tags, or "*". */
 export function etagMatches(header: string | undefined, etag: string): boolean {
   if (!header) return false;
+  if (header === etag) return true;
   if (header.trim() === '*') return true;
   return header.split(',').some((t) => t.trim().replace(/^W\//, '') === etag);
+}
+
+type BundleHeaders = {
+  etag: string;
+  'cache-control': string;
+  'x-nebulagc-bundle-version': string;
+  'x-nebulagc-bundle-sha256': string;
+};
+
+// getBundleMeta() answers from a cache until the database changes, so the same object comes
+// back poll after poll; its headers are built once per object.
+const bundleHeaders = new WeakMap<BundleMeta, BundleHeaders>();
+
+function headersOf(meta: BundleMeta): BundleHeaders {
+  let h = bundleHeaders.get(meta);
+  if (!h) {
+    h = {
+      etag: `"${meta.sha256}"`,
+      'cache-control': 'private, no-cache',
+      'x-nebulagc-bundle-version': String(meta.version),
+      'x-nebulagc-bundle-sha256': meta.sha256,
+    };
+    bundleHeaders.set(meta, h);
+  }
+  return h;
 }
 
 /** Answers a bundle download; a matching If-None-Match costs one small row, never the blob. */
 function sendBundle(c: AppContext, store: Store, clusterId: string, version?: number): Response {
   const meta = getBundleMeta(store, clusterId, version);
-  const etag = etagOf(meta);
-  c.header('ETag', etag);
-  c.header('Cache-Control', 'private, no-cache');
-  c.header('X-NebulaGC-Bundle-Version', String(meta.version));
-  c.header('X-NebulaGC-Bundle-SHA256', meta.sha256);
-  if (etagMatches(c.req.header('if-none-match'), etag)) return c.body(null, 304);
-  const bundle = getBundle(store, clusterId, meta.version);
-  c.header('Content-Type', 'application/gzip');
-  return c.body(new Uint8Array(bundle.data), 200);
+  const headers = headersOf(meta);
+  if (etagMatches(c.req.header('if-none-match'), headers.etag)) return reply(c, null, 304, headers);
+  const { data } = getBundle(store, clusterId, meta.version);
+  return reply(c, new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength), 200, {
+    ...headers,
+    'content-type': 'application/gzip',
+  });
+}
+
+// The same for the config version, serialized once per cached object.
+const versionJson = new WeakMap<ConfigVersion, string>();
+
+function versionBody(v: ConfigVersion): string {
+  let json = versionJson.get(v);
+  if (json === undefined) {
+    json = JSON.stringify(v);
+    versionJson.set(v, json);
+  }
+  return json;
+}
+
+const JSON_TYPE = { 'content-type': 'application/json' };
+const pollQuerySchema = z.object(clusterQuery);
+
+/**
+ * The daemon polls are registered for the OpenAPI document as usual, but served by a plain
+ * handler: zod-openapi's validator middleware (async, several awaits, parses the query into
+ * new objects) costs more than the rest of the poll. The query is checked here with the same
+ * schema, the same way, and only when there is one; daemons send none.
+ */
+function pollRoute(
+  app: App,
+  route: RouteConfig & { method: 'get' },
+  handler: (c: AppContext, clusterId: string | undefined) => Response,
+): void {
+  app.openAPIRegistry.registerPath(route);
+  app.get(route.path, (c) => {
+    if (!c.req.url.includes('?')) return handler(c, undefined);
+    const query = Object.fromEntries(Object.entries(c.req.queries()).map(([k, v]) => [k, v.length === 1 ? v[0] : v]));
+    const parsed = pollQuerySchema.safeParse(query);
+    if (!parsed.success) return validationFailed(c, parsed.error);
+    return handler(c, parsed.data.cluster_id);
+  });
 }
 
 export function registerConfigRoutes(app: App, { store, config }: Deps): void {
   const limits = defaultBundleLimits(config.maxBundleBytes);
 
-  app.openapi(
+  pollRoute(
+    app,
     createRoute({
       method: 'get',
       path: '/api/v1/config/version',
       tags,
       security,
       summary: 'The cluster’s config version, for daemons to poll',
-      request: { query: z.object(clusterQuery) },
+      request: { query: pollQuerySchema },
       responses: { 200: ok(configVersionSchema, 'Current version'), ...errors },
     }),
-    (c) => c.json(getConfigVersion(store, clusterScope(c.get('principal'), c.req.valid('query').cluster_id)), 200),
+    (c, clusterId) =>
+      reply(c, versionBody(getConfigVersion(store, clusterScope(c.get('principal'), clusterId))), 200, JSON_TYPE),
   );
 
-  app.openapi(
+  pollRoute(
+    app,
     createRoute({
       method: 'get',
       path: '/api/v1/config/bundle',
       tags,
       security,
       summary: 'Download the current bundle; honours If-None-Match with 304',
-      request: { query: z.object(clusterQuery) },
+      request: { query: pollQuerySchema },
       responses: {
         200: { content: gzipContent, description: 'The bundle (tar.gz), with ETag' },
         304: { description: 'Not modified' },
         ...errors,
       },
     }),
-    (c) => sendBundle(c, store, clusterScope(c.get('principal'), c.req.valid('query').cluster_id)),
+    (c, clusterId) => sendBundle(c, store, clusterScope(c.get('principal'), clusterId)),
   );
 
   app.openapi(
