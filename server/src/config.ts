@@ -19,6 +19,22 @@ const listen = z
   })
   .refine((v) => v.port <= 65535, 'port must be 0-65535');
 
+/** A Go-style duration as nebula-cert takes it (720h, 90m, 1h30m), in seconds. */
+const duration = (def: string) =>
+  z
+    .string()
+    .default(def)
+    .pipe(
+      z
+        .string()
+        .regex(/^(?=\d)(?:\d+h)?(?:\d+m)?(?:\d+s)?$/, 'must be a duration such as 720h, 90m or 1h30m')
+        .transform((v) => {
+          const [, h = '0', m = '0', sec = '0'] = /^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(v)!;
+          return Number(h) * 3600 + Number(m) * 60 + Number(sec);
+        })
+        .refine((s) => s >= 60 && s <= 876_000 * 3600, 'must be between 1m and 876000h (100 years)'),
+    );
+
 /** Every setting, keyed by its env var. The README's configuration table mirrors this. */
 export const envSchema = z.object({
   NEBULAGC_LISTEN: z.string().default('0.0.0.0:8080').pipe(listen),
@@ -55,6 +71,9 @@ export const envSchema = z.object({
   NEBULAGC_RATE_LIMIT_NODE_BURST: nonNegative(20),
   NEBULAGC_RATE_LIMIT_CLUSTER_RPS: nonNegative(2000),
   NEBULAGC_RATE_LIMIT_CLUSTER_BURST: nonNegative(4000),
+  NEBULAGC_NEBULA_CERT_BIN: z.string().min(1).default('nebula-cert'),
+  NEBULAGC_CA_LIFETIME: duration('87600h'),
+  NEBULAGC_CERT_LIFETIME: duration('720h'),
 });
 
 export type Env = z.infer<typeof envSchema>;
@@ -84,6 +103,7 @@ export interface Config {
   heartbeatFlushMs: number;
   trustProxy: boolean;
   rateLimits: { ip: RateLimit; node: RateLimit; cluster: RateLimit };
+  pki: { nebulaCertBin: string; caLifetimeS: number; certLifetimeS: number };
 }
 
 export interface ReplicationConfig {
@@ -125,6 +145,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
   if ((e.NEBULAGC_TLS_CERT === undefined) !== (e.NEBULAGC_TLS_KEY === undefined)) {
     throw new ConfigError('invalid NEBULAGC_TLS_KEY: NEBULAGC_TLS_CERT and NEBULAGC_TLS_KEY go together');
   }
+  if (e.NEBULAGC_CERT_LIFETIME > e.NEBULAGC_CA_LIFETIME) {
+    throw new ConfigError('invalid NEBULAGC_CERT_LIFETIME: must not exceed NEBULAGC_CA_LIFETIME');
+  }
   const scheme = e.NEBULAGC_TLS_CERT ? 'https' : 'http';
   const listenHost = e.NEBULAGC_LISTEN.host === '0.0.0.0' || e.NEBULAGC_LISTEN.host === '::' ? os.hostname() : e.NEBULAGC_LISTEN.host;
   return {
@@ -163,5 +186,6 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
       node: { rps: e.NEBULAGC_RATE_LIMIT_NODE_RPS, burst: e.NEBULAGC_RATE_LIMIT_NODE_BURST },
       cluster: { rps: e.NEBULAGC_RATE_LIMIT_CLUSTER_RPS, burst: e.NEBULAGC_RATE_LIMIT_CLUSTER_BURST },
     },
+    pki: { nebulaCertBin: e.NEBULAGC_NEBULA_CERT_BIN, caLifetimeS: e.NEBULAGC_CA_LIFETIME, certLifetimeS: e.NEBULAGC_CERT_LIFETIME },
   };
 }

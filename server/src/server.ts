@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { Config } from './config.js';
 import { openReplicaStore, openStore } from './db/open-store.js';
 import { HeartbeatCoalescer } from './domain/heartbeats.js';
+import { NebulaCert } from './domain/nebula-cert.js';
 import { bootstrapOperatorToken, type BootstrapResult } from './domain/operator.js';
 import type { Store } from './domain/store.js';
 import { HaRole } from './ha/role.js';
@@ -121,6 +122,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     closers.unshift(() => master!.close());
   }
 
+  if (config.haMode !== 'replica') checkNebulaCert(config, log);
   const app = createApp({ config, store, heartbeats, metrics, log, role });
   const server = await listen(config, app.fetch);
   const { port } = server.address() as AddressInfo;
@@ -150,6 +152,22 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }));
 
   return { url, port, store, role, bootstrap, heartbeats, close };
+}
+
+/**
+ * Says at start whether cluster creation, CA rotation and enrollment will work. The server runs
+ * either way (everything else does not need nebula-cert); those routes then answer 503
+ * PKI_UNAVAILABLE.
+ */
+function checkNebulaCert(config: Config, log: Logger): void {
+  new NebulaCert({ bin: config.pki.nebulaCertBin }).version().then(
+    (version) => log.info({ nebula_cert: config.pki.nebulaCertBin, version }, 'nebula-cert found'),
+    (err: unknown) =>
+      log.warn(
+        { err: (err as Error).message },
+        'nebula-cert cannot run: creating clusters, rotating CAs and enrolling nodes will answer 503 PKI_UNAVAILABLE',
+      ),
+  );
 }
 
 function listen(config: Config, fetch: (req: Request, env: unknown) => Response | Promise<Response>): Promise<Server> {

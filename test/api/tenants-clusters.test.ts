@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
+import { NebulaHost } from '../helpers/nebula.js';
 import { call, startTestServer, TEST_ADMIN_TOKEN, type TestServer } from '../helpers/server.js';
 
 describe('tenants and clusters', () => {
@@ -78,18 +79,23 @@ describe('tenants and clusters', () => {
 
   it('encrypts a supplied CA key at rest and never returns it', async () => {
     const t = await call(s.url, 'POST', '/api/v1/tenants', { headers: s.op, json: { name: 'with-ca' } });
-    const key = '-----BEGIN NEBULA ED25519 PRIVATE KEY-----\nSECRETKEYMATERIAL\n-----END NEBULA ED25519 PRIVATE KEY-----\n';
+    const host = new NebulaHost();
+    const own = host.ca('supplied');
+    host.cleanup();
+    const key = own.key;
+    const secret = key.split('\n')[1]!.slice(0, 40);
     const c = await call(s.url, 'POST', '/api/v1/clusters', {
       headers: s.op,
-      json: { tenant_id: t.body.id, name: 'ca', ca_cert: '-----BEGIN NEBULA CERTIFICATE-----\nX\n-----END NEBULA CERTIFICATE-----\n', ca_key: key },
+      json: { tenant_id: t.body.id, name: 'ca', ca_cert: own.cert, ca_key: key },
     });
-    assert.equal(c.status, 201);
+    assert.equal(c.status, 201, JSON.stringify(c.body));
     assert.equal(c.body.cluster.has_ca_key, true);
-    assert.equal(JSON.stringify(c.body).includes('SECRETKEYMATERIAL'), false);
+    assert.equal(c.body.cluster.ca_cert, own.cert);
+    assert.equal(JSON.stringify(c.body).includes(secret), false);
     const db = new Database(s.dbPath, { readonly: true });
     const row = db.prepare('SELECT ca_key_encrypted FROM clusters WHERE id = ?').get(c.body.cluster.id) as { ca_key_encrypted: Buffer };
     db.close();
-    assert.equal(row.ca_key_encrypted.includes(Buffer.from('SECRETKEYMATERIAL')), false);
+    assert.equal(row.ca_key_encrypted.includes(Buffer.from(secret)), false);
     const onlyKey = await call(s.url, 'POST', '/api/v1/clusters', { headers: s.op, json: { tenant_id: t.body.id, name: 'half', ca_key: key } });
     assert.equal(onlyKey.status, 400);
   });

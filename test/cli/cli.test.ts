@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
+import { LATEST_SCHEMA_VERSION } from '../../server/src/db/migrations.js';
 import { hashToken } from '../../server/src/domain/tokens.js';
 import { makeTarGz, validBundle } from '../helpers/bundle.js';
 
@@ -112,9 +113,10 @@ describe('nebulagc-server CLI', () => {
 
   it('migrate creates the schema, and a second run applies nothing', () => {
     assert.equal(existsSync(dbPath), false);
-    assert.deepEqual(runJson(['migrate']), { from: 0, to: 1, applied: [1] });
+    const latest = LATEST_SCHEMA_VERSION;
+    assert.deepEqual(runJson(['migrate']), { from: 0, to: latest, applied: Array.from({ length: latest }, (_, i) => i + 1) });
     assert.ok(existsSync(dbPath));
-    assert.deepEqual(runJson(['migrate']), { from: 1, to: 1, applied: [] });
+    assert.deepEqual(runJson(['migrate']), { from: latest, to: latest, applied: [] });
   });
 
   it('tenant create prints the tenant as JSON with an id', () => {
@@ -152,6 +154,10 @@ describe('nebulagc-server CLI', () => {
     assert.equal(r.cluster.tenant_id, tenantId);
     assert.equal(r.cluster.name, 'c1');
     assert.equal(r.cluster.lighthouse_port, 4242);
+    assert.equal(r.cluster.overlay_cidr, '10.42.0.0/16');
+    // Its CA comes from nebula-cert, like the API's.
+    assert.match(r.cluster.ca_cert, /^-----BEGIN NEBULA CERTIFICATE-----/);
+    assert.equal(r.cluster.has_ca_key, true);
     assert.match(r.token, /^ngc_cluster_[A-Za-z0-9_-]{43}$/);
     clusterId = r.cluster.id;
     clusterToken = r.token;
@@ -180,6 +186,16 @@ describe('nebulagc-server CLI', () => {
     clusterToken = r.token;
   });
 
+  it('cluster rotate-ca replaces the CA; a bad --overlay-cidr or a missing nebula-cert fails with one line', () => {
+    const before = runJson<{ ca_cert: string }[]>(['cluster', 'list'])[0]!.ca_cert;
+    const r = runJson(['cluster', 'rotate-ca', clusterId]);
+    assert.match(r.ca_cert, /^-----BEGIN NEBULA CERTIFICATE-----/);
+    assert.notEqual(r.ca_cert, before);
+    assertOneLineError(run(['cluster', 'create', '--tenant-id', tenantId, '--name', 'c3', '--overlay-cidr', '10.0.0.1/8']), /overlay_cidr: /);
+    const missing = run(['cluster', 'create', '--tenant-id', tenantId, '--name', 'c3'], { NEBULAGC_NEBULA_CERT_BIN: '/nonexistent/nebula-cert' });
+    assertOneLineError(missing, /NEBULAGC_NEBULA_CERT_BIN/);
+  });
+
   it('cluster rotate-token of an unknown cluster fails with one line', () => {
     assertOneLineError(run(['cluster', 'rotate-token', '00000000-0000-4000-8000-000000000000']), /cluster not found/);
   });
@@ -197,8 +213,9 @@ describe('nebulagc-server CLI', () => {
     nodeToken = r.token;
   });
 
-  it('node create with several routes and --admin', () => {
-    const r = runJson(['node', 'create', '--cluster-id', clusterId, '--name', 'n2', '--admin', '--routes', '10.2.0.0/16, 10.3.0.0/24']);
+  it('node create with several routes, --groups and --admin', () => {
+    const r = runJson(['node', 'create', '--cluster-id', clusterId, '--name', 'n2', '--admin', '--routes', '10.2.0.0/16, 10.3.0.0/24', '--groups', 'web,ops']);
+    assert.deepEqual(r.node.groups, ['web', 'ops']);
     assert.deepEqual(r.node.routes, ['10.2.0.0/16', '10.3.0.0/24']);
     assert.equal(r.node.is_admin, true);
     assert.equal(r.node.mtu, 1300);

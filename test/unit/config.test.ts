@@ -123,6 +123,19 @@ describe('loadConfig', () => {
     refuses({ NEBULAGC_HA_MODE: 'chaos' }, 'NEBULAGC_HA_MODE');
   });
 
+  it('reads the PKI settings: nebula-cert path and Go-style lifetimes in seconds', () => {
+    assert.deepEqual(loadConfig({}).pki, { nebulaCertBin: 'nebula-cert', caLifetimeS: 87600 * 3600, certLifetimeS: 720 * 3600 });
+    const c = loadConfig({ NEBULAGC_NEBULA_CERT_BIN: '/opt/nebula/nebula-cert', NEBULAGC_CERT_LIFETIME: '1h30m', NEBULAGC_CA_LIFETIME: '8760h' });
+    assert.deepEqual(c.pki, { nebulaCertBin: '/opt/nebula/nebula-cert', caLifetimeS: 8760 * 3600, certLifetimeS: 5400 });
+    assert.equal(loadConfig({ NEBULAGC_CERT_LIFETIME: '90s' }).pki.certLifetimeS, 90);
+  });
+
+  it('refuses bad lifetimes, naming the variable', () => {
+    for (const v of ['h', '10', '10d', '1.5h', '-1h', '30s', '1m1h']) refuses({ NEBULAGC_CERT_LIFETIME: v }, 'NEBULAGC_CERT_LIFETIME');
+    refuses({ NEBULAGC_CA_LIFETIME: '1000000h' }, 'NEBULAGC_CA_LIFETIME');
+    refuses({ NEBULAGC_CERT_LIFETIME: '9000h', NEBULAGC_CA_LIFETIME: '8760h' }, 'NEBULAGC_CERT_LIFETIME', /must not exceed NEBULAGC_CA_LIFETIME/);
+  });
+
   it('refuses a bad value given as a flag, naming the variable', () => {
     assert.throws(() => loadConfig({}, { NEBULAGC_LISTEN: 'nope' }), (e: unknown) => e instanceof ConfigError && e.message.includes('NEBULAGC_LISTEN'));
   });

@@ -47,9 +47,11 @@ describe('migrate', () => {
       assert.deepEqual(r.applied, migrations.map((m) => m.version));
       assert.equal(db.pragma('user_version', { simple: true }), LATEST_SCHEMA_VERSION);
 
-      assert.deepEqual(names(db, 'table'), ['clusters', 'config_bundles', 'nodes', 'operator_tokens', 'schema_migrations', 'tenants']);
+      assert.deepEqual(names(db, 'table'), ['clusters', 'config_bundles', 'nodes', 'operator_tokens', 'revoked_certs', 'schema_migrations', 'tenants']);
       const indexes = names(db, 'index');
-      for (const idx of ['nodes_cluster_lighthouse', 'nodes_cluster_relay']) assert.ok(indexes.includes(idx), `missing index ${idx}`);
+      for (const idx of ['nodes_cluster_lighthouse', 'nodes_cluster_relay', 'nodes_cert_fingerprint', 'revoked_certs_expiry']) {
+        assert.ok(indexes.includes(idx), `missing index ${idx}`);
+      }
 
       for (const table of ['clusters', 'nodes', 'operator_tokens']) {
         assert.ok(uniqueIndexColumns(db, table).includes('token_hash'), `${table}.token_hash has no unique index`);
@@ -136,6 +138,38 @@ describe('migrate', () => {
     } finally {
       migrations.splice(migrations.indexOf(bad), 1);
     }
+  });
+
+  it('upgrades a version 1 database in place: clusters get the default network, nodes no certificate', () => {
+    const file = freshPath();
+    const later = migrations.splice(1);
+    try {
+      withDb(file, (db) => {
+        migrate(db);
+        db.prepare("INSERT INTO tenants VALUES ('t1', 'acme', 'x', 'x')").run();
+        db.prepare("INSERT INTO clusters (id, tenant_id, name, token_hash, created_at, updated_at) VALUES ('c1', 't1', 'c', 'h1', 'x', 'x')").run();
+        db.prepare("INSERT INTO nodes (id, cluster_id, name, token_hash, created_at, updated_at) VALUES ('n1', 'c1', 'n', 'h2', 'x', 'x')").run();
+      });
+    } finally {
+      migrations.push(...later);
+    }
+    withDb(file, (db) => {
+      const r = migrate(db);
+      assert.equal(r.from, 1);
+      assert.ok(r.applied.includes(2));
+      assert.equal(db.prepare("SELECT overlay_cidr FROM clusters WHERE id = 'c1'").pluck().get(), '10.42.0.0/16');
+      assert.deepEqual(db.prepare("SELECT groups, cert_pem, cert_fingerprint, cert_expires_at FROM nodes WHERE id = 'n1'").get(), {
+        groups: '[]',
+        cert_pem: null,
+        cert_fingerprint: null,
+        cert_expires_at: null,
+      });
+      // The blocklist goes with its cluster.
+      db.prepare("INSERT INTO revoked_certs VALUES ('c1', 'f1', 'n1', 'n', 'deleted', 'y', 'x')").run();
+      db.prepare("DELETE FROM nodes WHERE id = 'n1'").run();
+      db.prepare("DELETE FROM clusters WHERE id = 'c1'").run();
+      assert.equal(db.prepare('SELECT count(*) FROM revoked_certs').pluck().get(), 0);
+    });
   });
 
   it('has strictly increasing migration versions starting at 1', () => {

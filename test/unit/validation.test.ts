@@ -3,12 +3,16 @@ import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { DomainError } from '../../server/src/domain/errors.js';
 import {
+  cidrContains,
   clusterCreateSchema,
+  enrollSchema,
+  groupsSchema,
   lighthouseAssignSchema,
   mtuSchema,
   nameSchema,
   nodeCreateSchema,
   nodeUpdateSchema,
+  overlayCidrSchema,
   overlayIpSchema,
   parseInput,
   portSchema,
@@ -162,5 +166,37 @@ describe('parseInput', () => {
       () => parseInput(tenantCreateSchema, { name: 'bad name' }),
       (err: unknown) => err instanceof DomainError && err.message.startsWith('name: '),
     );
+  });
+});
+
+describe('PKI fields', () => {
+  it('overlay_cidr is an IPv4 network address, /8 to /30', () => {
+    for (const v of ['10.42.0.0/16', '100.64.0.0/10', '192.168.7.0/24', '10.0.0.4/30', '10.0.0.0/8']) assert.ok(ok(overlayCidrSchema, v), v);
+    for (const v of ['10.42.0.1/16', '10.0.0.0/7', '10.0.0.0/31', '10.0.0.0', 'fd00::/64', 'x']) assert.ok(!ok(overlayCidrSchema, v), v);
+    assert.ok(ok(clusterCreateSchema, { tenant_id: randomUUID(), name: 'c', overlay_cidr: '10.50.0.0/16' }));
+  });
+
+  it('cidrContains', () => {
+    assert.equal(cidrContains('10.42.0.0/16', '10.42.255.254'), true);
+    assert.equal(cidrContains('10.42.0.0/16', '10.43.0.1'), false);
+    assert.equal(cidrContains('192.168.7.0/24', '192.168.7.9'), true);
+    assert.equal(cidrContains('192.168.7.0/24', '192.168.8.9'), false);
+  });
+
+  it('groups are unique names without commas or spaces, at most 32', () => {
+    assert.ok(ok(groupsSchema, ['web', 'prod.eu', 'team:ops', 'a@b']));
+    for (const g of [['a,b'], ['a b'], [''], ['-x'], ['a', 'a'], Array.from({ length: 33 }, (_, i) => `g${i}`)]) {
+      assert.ok(!ok(groupsSchema, g), JSON.stringify(g));
+    }
+    assert.ok(ok(nodeCreateSchema, { name: 'n', groups: ['web'] }));
+    assert.ok(ok(nodeUpdateSchema, { groups: [] }));
+  });
+
+  it('enrollment takes a Nebula X25519 public key and refuses a private key by name', () => {
+    const pub = '-----BEGIN NEBULA X25519 PUBLIC KEY-----\nB+XU8AsLwuR1Y4EvxNpkrLGL+DVO8u8Yc63qp9l/YCg=\n-----END NEBULA X25519 PUBLIC KEY-----\n';
+    assert.ok(ok(enrollSchema, { public_key: pub }));
+    const priv = pub.replaceAll('PUBLIC', 'PRIVATE');
+    assert.throws(() => parseInput(enrollSchema, { public_key: priv }), /private key must never leave its host/);
+    for (const v of [{}, { public_key: '' }, { public_key: 'x' }, { public_key: pub, extra: 1 }]) assert.ok(!ok(enrollSchema, v), JSON.stringify(v));
   });
 });

@@ -78,6 +78,34 @@ export const migrations: Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: 'cluster pki: overlay network, node certificates, blocklist',
+    // The blocklist replaces the unused clusters.crl column of version 1 (Nebula revokes by
+    // fingerprint, not by CRL). Existing clusters get the default network; their nodes' IPs are
+    // checked against it only when they enroll.
+    sql: `
+      ALTER TABLE clusters ADD COLUMN overlay_cidr TEXT NOT NULL DEFAULT '10.42.0.0/16';
+
+      ALTER TABLE nodes ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+      ALTER TABLE nodes ADD COLUMN cert_pem TEXT;
+      ALTER TABLE nodes ADD COLUMN cert_fingerprint TEXT;
+      ALTER TABLE nodes ADD COLUMN cert_expires_at TEXT;
+      CREATE UNIQUE INDEX nodes_cert_fingerprint ON nodes (cert_fingerprint) WHERE cert_fingerprint IS NOT NULL;
+
+      CREATE TABLE revoked_certs (
+        cluster_id   TEXT NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+        fingerprint  TEXT NOT NULL,
+        node_id      TEXT NOT NULL,
+        node_name    TEXT NOT NULL,
+        reason       TEXT NOT NULL CHECK (reason IN ('deleted', 'reenrolled', 'changed')),
+        expires_at   TEXT NOT NULL,
+        revoked_at   TEXT NOT NULL,
+        PRIMARY KEY (cluster_id, fingerprint)
+      ) WITHOUT ROWID;
+      CREATE INDEX revoked_certs_expiry ON revoked_certs (cluster_id, expires_at);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = migrations[migrations.length - 1]!.version;

@@ -10,6 +10,8 @@ export interface Cluster {
   tenant_id: string;
   name: string;
   lighthouse_port: number;
+  /** The Nebula network; host certificates carry `<overlay_ip>/<prefix>` of it. */
+  overlay_cidr: string;
   config_version: number;
   current_bundle_version: number | null;
   ca_cert: string | null;
@@ -19,8 +21,9 @@ export interface Cluster {
 }
 
 const CA_KEY_PURPOSE = 'cluster-ca-key';
+export const DEFAULT_OVERLAY_CIDR = '10.42.0.0/16';
 
-const SELECT = `SELECT id, tenant_id, name, lighthouse_port, config_version, current_bundle_version, ca_cert,
+const SELECT = `SELECT id, tenant_id, name, lighthouse_port, overlay_cidr, config_version, current_bundle_version, ca_cert,
   ca_key_encrypted IS NOT NULL AS has_ca_key, created_at, updated_at FROM clusters`;
 
 type Row = Omit<Cluster, 'has_ca_key'> & { has_ca_key: number };
@@ -34,24 +37,29 @@ export function bumpConfigVersion(db: Db, clusterId: string, now: string): numbe
   return row.config_version;
 }
 
+/**
+ * Stores a cluster with the CA it is given, or none. The API and the CLI go through
+ * createClusterWithCa (cluster-ca.ts), which makes the CA first.
+ */
 export function createCluster(store: Store, input: ClusterCreate): { cluster: Cluster; token: string } {
   const token = generateToken('cluster');
   const id = newId();
   const now = store.now();
-  const sealedKey = input.ca_key ? seal(store.secret, CA_KEY_PURPOSE, Buffer.from(input.ca_key, 'utf8')) : null;
+  const sealedKey = input.ca_key ? sealCaKey(store, input.ca_key) : null;
   try {
     store.writer.write('cluster.create', (db) => {
       const tenant = stmt(db, 'SELECT 1 FROM tenants WHERE id = ?').get(input.tenant_id);
       if (!tenant) throw notFound('tenant');
       stmt(db, 
-        `INSERT INTO clusters (id, tenant_id, name, token_hash, lighthouse_port, ca_cert, ca_key_encrypted, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO clusters (id, tenant_id, name, token_hash, lighthouse_port, overlay_cidr, ca_cert, ca_key_encrypted, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ).run(
         id,
         input.tenant_id,
         input.name,
         hashToken(store.secret, token),
         input.lighthouse_port ?? 4242,
+        input.overlay_cidr ?? DEFAULT_OVERLAY_CIDR,
         input.ca_cert ?? null,
         sealedKey,
         now,
@@ -93,6 +101,9 @@ export function rotateClusterToken(store: Store, id: string): string {
   });
   return token;
 }
+
+/** The CA key as stored: encrypted under a key derived from the server secret. */
+export const sealCaKey = (store: Store, key: string): Buffer => seal(store.secret, CA_KEY_PURPOSE, Buffer.from(key, 'utf8'));
 
 /** The CA private key in the clear, for signing. Never returned by the API. */
 export function readCaKey(store: Store, id: string): string | null {

@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'NOT_READY'
   | 'STALE_REPLICA'
   | 'SNAPSHOT_REQUIRED'
+  | 'PKI_UNAVAILABLE'
   | 'INTERNAL';
 
 /** A rule was broken. Carries no HTTP; the http layer maps the code to a status. */

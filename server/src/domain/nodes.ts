@@ -1,4 +1,5 @@
-import { stmt } from '../db/connection.js';
+import { stmt, type Db } from '../db/connection.js';
+import { revokeCert } from './blocklist.js';
 import { bumpConfigVersion } from './clusters.js';
 import { notFound, rethrowUnique } from './errors.js';
 import { newId, sqlBool, type Page, type Store } from './store.js';
@@ -17,6 +18,11 @@ export interface Node {
   lighthouse_port: number | null;
   is_relay: boolean;
   overlay_ip: string | null;
+  /** Nebula groups its certificate carries. */
+  groups: string[];
+  /** The current certificate (from enrollment), or null until the node enrolls. */
+  cert_fingerprint: string | null;
+  cert_expires_at: string | null;
   last_seen_at: string | null;
   created_at: string;
   updated_at: string;
@@ -41,13 +47,16 @@ interface Row {
   lighthouse_port: number | null;
   is_relay: number;
   overlay_ip: string | null;
+  groups: string;
+  cert_fingerprint: string | null;
+  cert_expires_at: string | null;
   last_seen_at: string | null;
   created_at: string;
   updated_at: string;
 }
 
 const COLUMNS = `id, cluster_id, name, is_admin, mtu, routes, is_lighthouse, public_ip, lighthouse_port, is_relay,
-  overlay_ip, last_seen_at, created_at, updated_at`;
+  overlay_ip, groups, cert_fingerprint, cert_expires_at, last_seen_at, created_at, updated_at`;
 
 export const toNode = (r: Row): Node => ({
   ...r,
@@ -55,6 +64,7 @@ export const toNode = (r: Row): Node => ({
   is_lighthouse: r.is_lighthouse === 1,
   is_relay: r.is_relay === 1,
   routes: JSON.parse(r.routes) as string[],
+  groups: JSON.parse(r.groups) as string[],
 });
 
 const uniqueMessage = 'another node in this cluster already has that name or overlay IP';
@@ -66,8 +76,8 @@ export function createNode(store: Store, clusterId: string, input: NodeCreate): 
   try {
     store.writer.write('node.create', (db) => {
       stmt(db, 
-        `INSERT INTO nodes (id, cluster_id, name, token_hash, is_admin, mtu, routes, overlay_ip, public_ip, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO nodes (id, cluster_id, name, token_hash, is_admin, mtu, routes, overlay_ip, public_ip, groups, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ).run(
         id,
         clusterId,
@@ -78,6 +88,7 @@ export function createNode(store: Store, clusterId: string, input: NodeCreate): 
         JSON.stringify(input.routes ?? []),
         input.overlay_ip ?? null,
         input.public_ip ?? null,
+        JSON.stringify(input.groups ?? []),
         now,
         now,
       );
@@ -118,12 +129,15 @@ export function updateNode(store: Store, clusterId: string, id: string, input: N
   if (input.routes !== undefined) (sets.push('routes = ?'), args.push(JSON.stringify(input.routes)));
   if (input.overlay_ip !== undefined) (sets.push('overlay_ip = ?'), args.push(input.overlay_ip));
   if (input.public_ip !== undefined) (sets.push('public_ip = ?'), args.push(input.public_ip));
+  if (input.groups !== undefined) (sets.push('groups = ?'), args.push(JSON.stringify(input.groups)));
   const now = store.now();
   try {
     store.writer.write('node.update', (db) => {
-      const r = stmt(db, `UPDATE nodes SET ${sets.join(', ')}, updated_at = ? WHERE id = ? AND cluster_id = ?`)
-        .run(...args, now, id, clusterId);
-      if (r.changes === 0) throw notFound('node');
+      const before = stmt(db, 'SELECT name, overlay_ip, groups, cert_fingerprint, cert_expires_at FROM nodes WHERE id = ? AND cluster_id = ?')
+        .get(id, clusterId) as CertIdentity | undefined;
+      if (!before) throw notFound('node');
+      stmt(db, `UPDATE nodes SET ${sets.join(', ')}, updated_at = ? WHERE id = ? AND cluster_id = ?`).run(...args, now, id, clusterId);
+      if (identityChanged(before, input)) dropCert(db, clusterId, id, before, now);
       bumpConfigVersion(db, clusterId, now);
     });
   } catch (err) {
@@ -132,14 +146,46 @@ export function updateNode(store: Store, clusterId: string, id: string, input: N
   return getNode(store, clusterId, id);
 }
 
+/** Deleting a node revokes its certificate: it goes on the cluster's blocklist in the same transaction. */
 export function deleteNode(store: Store, clusterId: string, id: string): void {
   const now = store.now();
   store.writer.write('node.delete', (db) => {
-    if (stmt(db, 'DELETE FROM nodes WHERE id = ? AND cluster_id = ?').run(id, clusterId).changes === 0) {
-      throw notFound('node');
+    const gone = stmt(db, 'DELETE FROM nodes WHERE id = ? AND cluster_id = ? RETURNING name, cert_fingerprint, cert_expires_at')
+      .get(id, clusterId) as Omit<CertIdentity, 'overlay_ip' | 'groups'> | undefined;
+    if (!gone) throw notFound('node');
+    if (gone.cert_fingerprint && gone.cert_expires_at) {
+      revokeCert(db, clusterId, { fingerprint: gone.cert_fingerprint, expires_at: gone.cert_expires_at, node_id: id, node_name: gone.name }, 'deleted', now);
     }
     bumpConfigVersion(db, clusterId, now);
   });
+}
+
+/** What a node's certificate asserts about it, and which certificate that is. */
+interface CertIdentity {
+  name: string;
+  overlay_ip: string | null;
+  groups: string;
+  cert_fingerprint: string | null;
+  cert_expires_at: string | null;
+}
+
+/** A new name, IP or groups makes the node's certificate a lie; routes only widen or narrow what it may relay. */
+function identityChanged(before: CertIdentity, input: NodeUpdate): boolean {
+  return (
+    (input.name !== undefined && input.name !== before.name) ||
+    (input.overlay_ip !== undefined && input.overlay_ip !== before.overlay_ip) ||
+    (input.groups !== undefined && JSON.stringify(input.groups) !== before.groups)
+  );
+}
+
+/**
+ * Revokes a certificate that no longer matches its node, so that, for instance, the old IP can
+ * be given to another node without the old certificate still claiming it. The node enrolls again.
+ */
+function dropCert(db: Db, clusterId: string, id: string, before: CertIdentity, now: string): void {
+  if (!before.cert_fingerprint || !before.cert_expires_at) return;
+  revokeCert(db, clusterId, { fingerprint: before.cert_fingerprint, expires_at: before.cert_expires_at, node_id: id, node_name: before.name }, 'changed', now);
+  stmt(db, 'UPDATE nodes SET cert_pem = NULL, cert_fingerprint = NULL, cert_expires_at = NULL WHERE id = ?').run(id);
 }
 
 export function rotateNodeToken(store: Store, clusterId: string, id: string): string {

@@ -17,6 +17,44 @@ export const overlayIpSchema = z.ipv4();
 export const publicIpSchema = z.union([z.ipv4(), z.ipv6()]);
 export const routesSchema = z.array(z.cidrv4()).max(256);
 
+export const ipv4ToInt = (ip: string): number => ip.split('.').reduce((n, octet) => n * 256 + Number(octet), 0);
+
+/** Whether an IPv4 address lies inside a CIDR. */
+export function cidrContains(cidr: string, ip: string): boolean {
+  const [net, bits] = cidr.split('/') as [string, string];
+  const size = 2 ** (32 - Number(bits));
+  return Math.floor(ipv4ToInt(ip) / size) === Math.floor(ipv4ToInt(net) / size);
+}
+
+/** The cluster's Nebula network: host certificates get `<overlay_ip>/<prefix>` from it. */
+export const overlayCidrSchema = z
+  .cidrv4()
+  .refine((v) => {
+    const bits = Number(v.split('/')[1]);
+    return bits >= 8 && bits <= 30;
+  }, 'prefix must be /8 to /30')
+  .refine((v) => {
+    const [net, bits] = v.split('/') as [string, string];
+    return ipv4ToInt(net) % 2 ** (32 - Number(bits)) === 0;
+  }, 'must be a network address (host bits zero), e.g. 10.42.0.0/16');
+
+/** Nebula certificate groups (firewall rules match on them); nebula-cert takes them comma-separated. */
+export const groupsSchema = z
+  .array(z.string().min(1).max(64).regex(/^[A-Za-z0-9][A-Za-z0-9._:@-]*$/, 'letters, digits, ".", "_", ":", "@" and "-"'))
+  .max(32)
+  .refine((g) => new Set(g).size === g.length, 'groups must not repeat');
+
+export const PRIVATE_KEY_REFUSED = 'a private key must never leave its host: send only the public key (nebula-cert keygen -out-pub)';
+
+export const publicKeySchema = z
+  .string()
+  .max(1024)
+  .refine((v) => !/PRIVATE KEY/.test(v), PRIVATE_KEY_REFUSED)
+  .regex(
+    /^\s*-----BEGIN NEBULA X25519 PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END NEBULA X25519 PUBLIC KEY-----\s*$/,
+    'must be a Nebula X25519 public key in PEM, as written by nebula-cert keygen -out-pub',
+  );
+
 export const tenantCreateSchema = z.strictObject({ name: nameSchema });
 
 export const clusterCreateSchema = z
@@ -24,6 +62,7 @@ export const clusterCreateSchema = z
     tenant_id: idSchema,
     name: nameSchema,
     lighthouse_port: portSchema.optional(),
+    overlay_cidr: overlayCidrSchema.optional(),
     ca_cert: z.string().min(1).max(16384).optional(),
     ca_key: z.string().min(1).max(16384).optional(),
   })
@@ -40,6 +79,7 @@ export const nodeCreateSchema = z.strictObject({
   routes: routesSchema.optional(),
   overlay_ip: overlayIpSchema.optional(),
   public_ip: publicIpSchema.optional(),
+  groups: groupsSchema.optional(),
 });
 
 export const nodeUpdateSchema = z
@@ -49,6 +89,7 @@ export const nodeUpdateSchema = z
     routes: routesSchema.optional(),
     overlay_ip: overlayIpSchema.nullable().optional(),
     public_ip: publicIpSchema.nullable().optional(),
+    groups: groupsSchema.optional(),
   })
   .refine((v) => Object.keys(v).length > 0, { message: 'nothing to update' });
 
@@ -61,6 +102,8 @@ export const lighthouseAssignSchema = z.strictObject({
 });
 
 export const relayAssignSchema = z.strictObject({ node_id: idSchema });
+
+export const enrollSchema = z.strictObject({ public_key: publicKeySchema });
 
 export type TenantCreate = z.infer<typeof tenantCreateSchema>;
 export type ClusterCreate = z.infer<typeof clusterCreateSchema>;

@@ -20,6 +20,7 @@ import { registerHeartbeatRoutes } from './routes/heartbeat.js';
 import { registerNodeRouteRoutes } from './routes/node-routes.js';
 import { registerNodeRoutes } from './routes/nodes.js';
 import { registerOperatorRoutes } from './routes/operator.js';
+import { registerPkiRoutes } from './routes/pki.js';
 import { registerTenantRoutes } from './routes/tenants.js';
 import { registerTopologyRoutes } from './routes/topology.js';
 
@@ -70,6 +71,7 @@ export function createApp(deps: Deps): App {
   registerNodeRouteRoutes(app, deps);
   registerHeartbeatRoutes(app, deps);
   registerOperatorRoutes(app, deps);
+  registerPkiRoutes(app, deps);
   registerClusterStatusRoutes(app, deps);
   if (role.master) registerReplicationRoutes(app, deps, role.master, role);
 

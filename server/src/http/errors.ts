@@ -5,6 +5,7 @@ import { WritesRefusedError } from '../db/writer.js';
 import { DomainError, type ErrorCode } from '../domain/errors.js';
 import type { Logger } from '../log.js';
 import type { AppContext } from './context.js';
+import { reply, setHeader } from './middleware/request-id.js';
 
 const STATUS: Record<ErrorCode, ContentfulStatusCode> = {
   AUTH_MISSING: 401,
@@ -23,6 +24,7 @@ const STATUS: Record<ErrorCode, ContentfulStatusCode> = {
   NOT_READY: 503,
   STALE_REPLICA: 503,
   SNAPSHOT_REQUIRED: 409,
+  PKI_UNAVAILABLE: 503,
   INTERNAL: 500,
 };
 
@@ -35,17 +37,19 @@ export const errorSchema = z
   })
   .openapi('Error');
 
+const JSON_TYPE = { 'content-type': 'application/json' };
+
 export function errorResponse(c: AppContext, code: ErrorCode, message: string, details?: unknown): Response {
   const body: Record<string, unknown> = { error: message, code, request_id: c.get('requestId') };
   if (details !== undefined) body.details = details;
-  return c.json(body, STATUS[code]);
+  return reply(c, JSON.stringify(body), STATUS[code], JSON_TYPE);
 }
 
 /** Maps anything thrown by a handler to the JSON error shape. Unknown errors never leak detail. */
 export function handleError(err: unknown, c: AppContext, log: Logger): Response {
   if (err instanceof DomainError) return errorResponse(c, err.code, err.message, err.details);
   if (err instanceof WritesRefusedError) {
-    c.header('Retry-After', '1');
+    setHeader(c, 'Retry-After', '1');
     return errorResponse(c, 'NOT_WRITABLE', err.message);
   }
   if (err instanceof HTTPException) {

@@ -1,26 +1,30 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { requireOperator } from '../../domain/auth.js';
-import { createCluster, deleteCluster, getCluster, listClusters, rotateClusterToken } from '../../domain/clusters.js';
+import { createClusterWithCa, pkiFrom } from '../../domain/cluster-ca.js';
+import { deleteCluster, getCluster, listClusters, rotateClusterToken } from '../../domain/clusters.js';
 import { clusterCreateSchema, idSchema } from '../../domain/validation.js';
 import type { App, Deps } from '../context.js';
-import { clusterSchema, errors, idParams, jsonBody, ok, pageQuery, security, tokenSchema } from '../schemas.js';
+import { clusterSchema, errors, idParams, jsonBody, ok, pageQuery, pkiErrors, security, tokenSchema } from '../schemas.js';
 
 const tags = ['Clusters'];
 
-export function registerClusterRoutes(app: App, { store }: Deps): void {
+export function registerClusterRoutes(app: App, { store, config }: Deps): void {
+  const pki = pkiFrom(config.pki);
+
   app.openapi(
     createRoute({
       method: 'post',
       path: '/api/v1/clusters',
       tags,
       security,
-      summary: 'Create a cluster (operator); returns its cluster token once',
+      summary: 'Create a cluster with its Nebula CA (operator); returns its cluster token once',
+      description: 'Without ca_cert/ca_key, nebula-cert makes a CA limited to overlay_cidr (default 10.42.0.0/16).',
       request: jsonBody(clusterCreateSchema),
-      responses: { 201: ok(z.object({ cluster: clusterSchema, token: z.string() }), 'Created'), ...errors },
+      responses: { 201: ok(z.object({ cluster: clusterSchema, token: z.string() }), 'Created'), ...pkiErrors },
     }),
-    (c) => {
+    async (c) => {
       requireOperator(c.get('principal'));
-      return c.json(createCluster(store, c.req.valid('json')), 201);
+      return c.json(await createClusterWithCa(store, pki, c.req.valid('json')), 201);
     },
   );
 
