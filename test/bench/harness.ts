@@ -44,6 +44,12 @@ process.once('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
+/** Kills `child` if the bench process exits without stopping it (for children not started by startChild). */
+export function killOnExit(child: ChildProcess): void {
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+}
+
 const READY_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 7_000;
 const OUTPUT_TAIL = 4096;
@@ -173,7 +179,7 @@ export interface Measured {
 }
 
 /** utime + stime from /proc (Linux only), whose unit, USER_HZ, is 100 per second on every Linux ABI. */
-function cpuTime(pid: number): number | undefined {
+export function cpuTime(pid: number): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');

@@ -1,14 +1,16 @@
 import os from 'node:os';
 import { isEntryPoint } from './entry.js';
 import { runPollBench } from './polls.js';
+import { runReplicationBench } from './replication.js';
 import { runWriteBench } from './writes.js';
 
 if (isEntryPoint(import.meta.url)) {
   // The figures mean little without the machine they came from.
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
   console.log(`${os.availableParallelism()} cores (${cpu}), Node ${process.version}, ${os.platform()} ${os.release()}`);
-  // In sequence, never together: both saturate the same cores.
+  // In sequence, never together: each saturates the same cores.
   const pollsOk = await runPollBench();
   const writesOk = await runWriteBench();
-  if (!pollsOk || !writesOk) process.exitCode = 1;
+  const replicationOk = await runReplicationBench();
+  if (!pollsOk || !writesOk || !replicationOk) process.exitCode = 1;
 }

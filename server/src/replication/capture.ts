@@ -24,6 +24,9 @@ export interface CaptureOptions {
   now?: () => number;
 }
 
+/** One read of the WAL covers this much; a transaction that needs more doubles it. */
+const CAPTURE_READ_BYTES = 4 * 1024 * 1024;
+
 const pageList = (pages: Map<number, Buffer>): PageImage[] => {
   // Page 1 carries the schema cookie: it goes last (DESIGN §3).
   const list = [...pages.entries()].filter(([pgno]) => pgno !== 1).map(([pgno, data]) => ({ pgno, data }));
@@ -157,19 +160,31 @@ export class WalCapture {
 
   /** Turns the committed frames from the scan position to `size` into transactions. */
   private captureFrames(header: WalHeader, size: number, copyPages: boolean): CapturedTx[] {
-    if (size <= this.scan.offset) return [];
-    const bytes = this.readAt(this.scan.offset, size - this.scan.offset);
-    const { transactions, state } = scanFrames(bytes, header, this.scan);
     const out: CapturedTx[] = [];
-    for (const tx of transactions) {
-      const pages = new Map<number, Buffer>();
-      for (const f of tx.frames) pages.set(f.pgno, copyPages ? Buffer.from(f.data) : f.data);
-      for (const [pgno, data] of pages) this.checksum.setPage(pgno, data);
-      this.checksum.resize(tx.dbSize);
-      this.framesCaptured += tx.frames.length;
-      out.push(this.emit(pageList(pages), tx.dbSize, false));
+    // Read in bounded steps: after a restart without truncation the file's tail is an old
+    // generation, and reading all of it on every commit would cost megabytes per commit.
+    let chunk = CAPTURE_READ_BYTES;
+    while (size > this.scan.offset) {
+      const start = this.scan.offset;
+      const length = Math.min(size - start, chunk);
+      const bytes = this.readAt(this.scan.offset, length);
+      const { transactions, state, hitEnd } = scanFrames(bytes, header, this.scan);
+      // Several reads in one capture reuse the buffer: earlier pages must be copied out.
+      const copy = copyPages || length < size - start;
+      for (const tx of transactions) {
+        const pages = new Map<number, Buffer>();
+        for (const f of tx.frames) pages.set(f.pgno, copy ? Buffer.from(f.data) : f.data);
+        for (const [pgno, data] of pages) this.checksum.setPage(pgno, data);
+        this.checksum.resize(tx.dbSize);
+        this.framesCaptured += tx.frames.length;
+        out.push(this.emit(pageList(pages), tx.dbSize, false));
+      }
+      const progressed = state.offset !== start;
+      this.scan = state;
+      if (hitEnd || start + length >= size) break;
+      // A transaction larger than the step: read a bigger one from the same place.
+      chunk = progressed ? CAPTURE_READ_BYTES : chunk * 2;
     }
-    this.scan = state;
     return out;
   }
 

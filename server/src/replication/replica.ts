@@ -126,6 +126,8 @@ export class ReplicationReplica {
     while (this.running) {
       try {
         if (!this.hasCopy) await this.takeSnapshot();
+        // stop() may have come during the snapshot: it aborted that one, not the next request.
+        if (!this.running) break;
         const outcome = await this.stream();
         if (outcome === 'snapshot') {
           this.log.warn({ position: this.position }, 'master says this copy is not on its history; taking a snapshot');
@@ -159,6 +161,7 @@ export class ReplicationReplica {
       replica_url: this.opts.advertiseUrl,
     });
     this.abort = new AbortController();
+    if (!this.running) this.abort.abort();
     const res = await this.client.open('GET', `/internal/v1/replication/stream?${q}`, undefined, this.abort.signal);
     if (res.statusCode === 409) {
       res.resume();

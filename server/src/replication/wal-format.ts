@@ -93,6 +93,8 @@ export interface ScanResult {
   transactions: CommittedTx[];
   /** State just past the last commit frame; frames after it are not yet committed. */
   state: ScanState;
+  /** A frame failed to verify: the log ends there, whatever follows in the file. */
+  hitEnd: boolean;
 }
 
 /**
@@ -108,12 +110,15 @@ export function scanFrames(buf: Buffer, header: WalHeader, from: ScanState): Sca
   let s0 = from.cksum0;
   let s1 = from.cksum1;
   let pending: Frame[] = [];
+  let hitEnd = false;
   for (let at = 0; at + frameBytes <= buf.length; at += frameBytes) {
+    hitEnd = true;
     if (buf.readUInt32BE(at + 8) !== header.salt1 || buf.readUInt32BE(at + 12) !== header.salt2) break;
     [s0, s1] = walChecksum(buf.subarray(at, at + 8), header.bigEndian, s0, s1);
     const data = buf.subarray(at + FRAME_HEADER_BYTES, at + frameBytes);
     [s0, s1] = walChecksum(data, header.bigEndian, s0, s1);
     if (s0 !== buf.readUInt32BE(at + 16) || s1 !== buf.readUInt32BE(at + 20)) break;
+    hitEnd = false;
     const frame: Frame = { pgno: buf.readUInt32BE(at), commitSize: buf.readUInt32BE(at + 4), data };
     pending.push(frame);
     if (frame.commitSize > 0) {
@@ -123,5 +128,5 @@ export function scanFrames(buf: Buffer, header: WalHeader, from: ScanState): Sca
       state = { offset: endOffset, cksum0: s0, cksum1: s1 };
     }
   }
-  return { transactions, state };
+  return { transactions, state, hitEnd };
 }
