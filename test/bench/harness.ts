@@ -1,11 +1,13 @@
 import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../helpers/cluster.js';
 import { call, TEST_ADMIN_TOKEN, TEST_SECRET } from '../helpers/server.js';
+
+export { freePort };
 
 /** The compiled tree (dist/), which this file sits in as dist/test/bench/harness.js. */
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -20,17 +22,6 @@ export function tempDir(): { dir: string; remove(): void } {
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** A port that was free a moment ago; the server needs a number up front in NEBULAGC_LISTEN. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as net.AddressInfo;
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 export interface Child {
   url: string;
