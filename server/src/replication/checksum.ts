@@ -88,7 +88,12 @@ export class DbChecksum {
 
   /** Sets page `pgno` (1-based) to `data`, growing the database if needed. */
   setPage(pgno: number, data: Buffer): void {
-    if (pgno > this.pages) this.grow(pgno);
+    // Pages skipped over count as zeros; the page being set is hashed once, not as a zero first.
+    if (pgno > this.pages) {
+      this.grow(pgno - 1);
+      this.reserve(pgno);
+      this.pages = pgno;
+    }
     const [a, b] = pageHash(pgno, data);
     const i = (pgno - 1) * 2;
     this.x0 = (this.x0 ^ this.hashes[i]! ^ a) >>> 0;
@@ -125,12 +130,17 @@ export class DbChecksum {
     return c;
   }
 
-  private grow(pages: number): void {
+  private reserve(pages: number): void {
     if (pages * 2 > this.hashes.length) {
       const next = new Uint32Array(Math.max(pages * 2, this.hashes.length * 2));
       next.set(this.hashes);
       this.hashes = next;
     }
+  }
+
+  private grow(pages: number): void {
+    if (pages <= this.pages) return;
+    this.reserve(pages);
     // A page that exists but was never written reads as zeros.
     for (let p = this.pages + 1; p <= pages; p++) {
       const [a, b] = zeroPageHash(p, this.pageSize);
