@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { seed, type Seeded } from '../helpers/fixtures.js';
+import { configVersion, seed, type Seeded } from '../helpers/fixtures.js';
 import { call, startTestServer, type TestServer } from '../helpers/server.js';
 
 describe('nodes', () => {
@@ -12,8 +12,7 @@ describe('nodes', () => {
   });
   after(() => s.stop());
 
-  const version = async (): Promise<number> =>
-    (await call(s.url, 'GET', '/api/v1/config/version', { headers: k.node.headers })).body.config_version;
+  const version = (): Promise<number> => configVersion(s, k);
 
   it('an admin node creates a node in its own cluster; the token is returned once', async () => {
     const before = await version();

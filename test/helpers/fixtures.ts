@@ -40,3 +40,8 @@ export async function seed(s: TestServer, label = randomUUID().slice(0, 8)): Pro
     node: { id: n.body.node.id, token: n.body.token, headers: nodeHeaders(n.body.token) },
   };
 }
+
+/** The cluster's config_version as its plain node sees it. */
+export async function configVersion(s: TestServer, k: Seeded): Promise<number> {
+  return (await call(s.url, 'GET', '/api/v1/config/version', { headers: k.node.headers })).body.config_version;
+}
