@@ -155,11 +155,14 @@ export class LighthouseSupervisor {
     if (stale) {
       if ((this.retryAt.get(c.id) ?? 0) > Date.now()) return;
       log.info({ cluster_id: c.id, reason: stale }, 'registering this server as a built-in lighthouse');
-      // The row it writes comes back as a change (a commit here, or replication on a replica).
+      // The row it writes comes back as a change (a commit here, or replication on a replica);
+      // until then, or until the retry time, the same registration is not sent again.
       this.retryAt.set(c.id, Date.now() + RETRY_MS);
+      this.nextTimeCheck = Math.min(this.nextTimeCheck, Date.now() + RETRY_MS);
       await this.opts.register({ cluster_id: c.id, server_id: serverId, public_key: publicKey, public_host: config.publicHost, port: c.lighthouse_port });
       return;
     }
+    this.retryAt.delete(c.id);
     const blocklist = stmt(store.reader, 'SELECT fingerprint FROM revoked_certs WHERE cluster_id = ?').pluck().all(c.id) as string[];
     const rendered = renderLighthouseConfig(dir, { caCert: c.ca_cert, cert: row!.cert_pem, blocklist, listenHost: config.listenHost, port: row!.port });
     const current = this.running.get(c.id);
