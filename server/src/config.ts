@@ -206,7 +206,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
     pki: { nebulaCertBin: e.NEBULAGC_NEBULA_CERT_BIN, caLifetimeS: e.NEBULAGC_CA_LIFETIME, certLifetimeS: e.NEBULAGC_CERT_LIFETIME },
     lighthouse: {
       nebulaBin: e.NEBULAGC_NEBULA_BIN,
-      publicHost: e.NEBULAGC_LIGHTHOUSE_PUBLIC_HOST ?? new URL(advertiseUrl).hostname.replace(/^\[|\]$/g, ''),
+      publicHost:
+        e.NEBULAGC_LIGHTHOUSE_PUBLIC_HOST ??
+        (e.NEBULAGC_ADVERTISE_URL ? new URL(e.NEBULAGC_ADVERTISE_URL).hostname.replace(/^\[|\]$/g, '') : listenHost),
       listenHost: e.NEBULAGC_LIGHTHOUSE_LISTEN_HOST,
       dir: path.resolve(e.NEBULAGC_LIGHTHOUSE_DIR ?? `${path.resolve(e.NEBULAGC_DB_PATH)}-lighthouses`),
     },
