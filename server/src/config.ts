@@ -1,4 +1,5 @@
 import os from 'node:os';
+import path from 'node:path';
 import { z } from 'zod';
 
 const bool = z
@@ -74,6 +75,10 @@ export const envSchema = z.object({
   NEBULAGC_NEBULA_CERT_BIN: z.string().min(1).default('nebula-cert'),
   NEBULAGC_CA_LIFETIME: duration('87600h'),
   NEBULAGC_CERT_LIFETIME: duration('720h'),
+  NEBULAGC_NEBULA_BIN: z.string().min(1).default('nebula'),
+  NEBULAGC_LIGHTHOUSE_PUBLIC_HOST: z.union([z.ipv4(), z.ipv6(), z.hostname()]).optional(),
+  NEBULAGC_LIGHTHOUSE_LISTEN_HOST: z.union([z.ipv4(), z.ipv6()]).default('0.0.0.0'),
+  NEBULAGC_LIGHTHOUSE_DIR: z.string().min(1).optional(),
 });
 
 export type Env = z.infer<typeof envSchema>;
@@ -104,6 +109,17 @@ export interface Config {
   trustProxy: boolean;
   rateLimits: { ip: RateLimit; node: RateLimit; cluster: RateLimit };
   pki: { nebulaCertBin: string; caLifetimeS: number; certLifetimeS: number };
+  lighthouse: LighthouseConfig;
+}
+
+/** Built-in lighthouses: what this server runs for clusters with provide_lighthouse. */
+export interface LighthouseConfig {
+  nebulaBin: string;
+  /** The UDP address hosts reach this server at, as published in builtin_lighthouses. */
+  publicHost: string;
+  listenHost: string;
+  /** Per-cluster keys, certificates and nebula configs. */
+  dir: string;
 }
 
 export interface ReplicationConfig {
@@ -150,6 +166,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
   }
   const scheme = e.NEBULAGC_TLS_CERT ? 'https' : 'http';
   const listenHost = e.NEBULAGC_LISTEN.host === '0.0.0.0' || e.NEBULAGC_LISTEN.host === '::' ? os.hostname() : e.NEBULAGC_LISTEN.host;
+  const advertiseUrl = (e.NEBULAGC_ADVERTISE_URL ?? `${scheme}://${listenHost}:${e.NEBULAGC_LISTEN.port}`).replace(/\/+$/, '');
   return {
     listen: e.NEBULAGC_LISTEN,
     dbPath: e.NEBULAGC_DB_PATH,
@@ -162,7 +179,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
     haMode: mode,
     replication: {
       masterUrl: e.NEBULAGC_MASTER_URL?.replace(/\/+$/, ''),
-      advertiseUrl: (e.NEBULAGC_ADVERTISE_URL ?? `${scheme}://${listenHost}:${e.NEBULAGC_LISTEN.port}`).replace(/\/+$/, ''),
+      advertiseUrl,
       secret: e.NEBULAGC_REPLICATION_SECRET,
       replicaWrites: e.NEBULAGC_REPLICA_WRITES,
       maxReplicaLagMs: e.NEBULAGC_MAX_REPLICA_LAG_MS,
@@ -187,5 +204,13 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
       cluster: { rps: e.NEBULAGC_RATE_LIMIT_CLUSTER_RPS, burst: e.NEBULAGC_RATE_LIMIT_CLUSTER_BURST },
     },
     pki: { nebulaCertBin: e.NEBULAGC_NEBULA_CERT_BIN, caLifetimeS: e.NEBULAGC_CA_LIFETIME, certLifetimeS: e.NEBULAGC_CERT_LIFETIME },
+    lighthouse: {
+      nebulaBin: e.NEBULAGC_NEBULA_BIN,
+      publicHost:
+        e.NEBULAGC_LIGHTHOUSE_PUBLIC_HOST ??
+        (e.NEBULAGC_ADVERTISE_URL ? new URL(e.NEBULAGC_ADVERTISE_URL).hostname.replace(/^\[|\]$/g, '') : listenHost),
+      listenHost: e.NEBULAGC_LIGHTHOUSE_LISTEN_HOST,
+      dir: path.resolve(e.NEBULAGC_LIGHTHOUSE_DIR ?? `${path.resolve(e.NEBULAGC_DB_PATH)}-lighthouses`),
+    },
   };
 }

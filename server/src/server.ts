@@ -6,6 +6,7 @@ import type { Server } from 'node:http';
 import path from 'node:path';
 import type { Config } from './config.js';
 import { openReplicaStore, openStore } from './db/open-store.js';
+import { pkiFrom } from './domain/cluster-ca.js';
 import { HeartbeatCoalescer } from './domain/heartbeats.js';
 import { NebulaCert } from './domain/nebula-cert.js';
 import { bootstrapOperatorToken, type BootstrapResult } from './domain/operator.js';
@@ -13,6 +14,8 @@ import type { Store } from './domain/store.js';
 import { HaRole } from './ha/role.js';
 import { createApp } from './http/app.js';
 import { Metrics } from './http/metrics.js';
+import { localRegistrar, remoteRegistrar } from './lighthouse/registrar.js';
+import { LighthouseSupervisor } from './lighthouse/supervisor.js';
 import type { Logger } from './log.js';
 import { InternalClient } from './replication/internal-client.js';
 import { ReplicationMaster } from './replication/master.js';
@@ -26,6 +29,7 @@ export interface RunningServer {
   role: HaRole;
   bootstrap: BootstrapResult | undefined;
   heartbeats: HeartbeatCoalescer;
+  lighthouses: LighthouseSupervisor;
   close(): Promise<void>;
 }
 
@@ -123,7 +127,18 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   }
 
   if (config.haMode !== 'replica') checkNebulaCert(config, log);
-  const app = createApp({ config, store, heartbeats, metrics, log, role });
+  const pki = pkiFrom(config.pki);
+  const lighthouses = new LighthouseSupervisor({
+    store,
+    config: config.lighthouse,
+    serverId: config.nodeId,
+    tool: pki.tool,
+    register: client ? remoteRegistrar(client) : localRegistrar(store, pki),
+    log: log.child({ component: 'lighthouses' }),
+    onCrash: () => metrics.lighthouseRestarts.inc(),
+  });
+  metrics.watchLighthouses(() => lighthouses.runningCount);
+  const app = createApp({ config, store, heartbeats, metrics, log, role, lighthouses });
   const server = await listen(config, app.fetch);
   const { port } = server.address() as AddressInfo;
   const host = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host;
@@ -131,6 +146,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   // Without NEBULAGC_ADVERTISE_URL, an ephemeral port is only known now.
   if (!process.env.NEBULAGC_ADVERTISE_URL && config.listen.port === 0) role.selfUrl = url;
   replica?.start();
+  lighthouses.start();
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
@@ -139,6 +155,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       server.close(() => {
         clearTimeout(force);
         void (async () => {
+          await lighthouses.close();
           await replica?.stop();
           client?.close();
           heartbeats.stop();
@@ -151,7 +168,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       setTimeout(() => server.closeAllConnections(), 200).unref();
     }));
 
-  return { url, port, store, role, bootstrap, heartbeats, close };
+  return { url, port, store, role, bootstrap, heartbeats, lighthouses, close };
 }
 
 /**

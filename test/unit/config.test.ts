@@ -130,6 +130,16 @@ describe('loadConfig', () => {
     assert.equal(loadConfig({ NEBULAGC_CERT_LIFETIME: '90s' }).pki.certLifetimeS, 90);
   });
 
+  it('reads the lighthouse settings: the public host follows the advertised URL, else the listen host', () => {
+    const d = loadConfig({ NEBULAGC_LISTEN: '127.0.0.5:8080', NEBULAGC_DB_PATH: '/var/lib/x/n.db' }).lighthouse;
+    assert.deepEqual(d, { nebulaBin: 'nebula', publicHost: '127.0.0.5', listenHost: '0.0.0.0', dir: '/var/lib/x/n.db-lighthouses' });
+    assert.equal(loadConfig({ NEBULAGC_ADVERTISE_URL: 'https://cp1.example.net:8443' }).lighthouse.publicHost, 'cp1.example.net');
+    assert.equal(loadConfig({ NEBULAGC_ADVERTISE_URL: 'http://[2001:db8::1]:80' }).lighthouse.publicHost, '2001:db8::1');
+    const set = loadConfig({ NEBULAGC_LIGHTHOUSE_PUBLIC_HOST: '198.51.100.7', NEBULAGC_LIGHTHOUSE_LISTEN_HOST: '10.0.0.1', NEBULAGC_NEBULA_BIN: '/opt/nebula' });
+    assert.deepEqual([set.lighthouse.publicHost, set.lighthouse.listenHost, set.lighthouse.nebulaBin], ['198.51.100.7', '10.0.0.1', '/opt/nebula']);
+    refuses({ NEBULAGC_LIGHTHOUSE_LISTEN_HOST: 'not an ip' }, 'NEBULAGC_LIGHTHOUSE_LISTEN_HOST');
+  });
+
   it('refuses bad lifetimes, naming the variable', () => {
     for (const v of ['h', '10', '10d', '1.5h', '-1h', '30s', '1m1h']) refuses({ NEBULAGC_CERT_LIFETIME: v }, 'NEBULAGC_CERT_LIFETIME');
     refuses({ NEBULAGC_CA_LIFETIME: '1000000h' }, 'NEBULAGC_CA_LIFETIME');

@@ -106,6 +106,26 @@ export const migrations: Migration[] = [
       CREATE INDEX revoked_certs_expiry ON revoked_certs (cluster_id, expires_at);
     `,
   },
+  {
+    version: 3,
+    name: 'rendered node configs and built-in lighthouses',
+    sql: `
+      ALTER TABLE clusters ADD COLUMN provide_lighthouse INTEGER NOT NULL DEFAULT 0 CHECK (provide_lighthouse IN (0, 1));
+      CREATE TABLE builtin_lighthouses (
+        cluster_id       TEXT NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+        server_id        TEXT NOT NULL,
+        overlay_ip       TEXT NOT NULL,
+        public_host      TEXT NOT NULL,
+        port             INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        cert_pem         TEXT NOT NULL,
+        cert_fingerprint TEXT NOT NULL,
+        cert_expires_at  TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        PRIMARY KEY (cluster_id, server_id),
+        UNIQUE (cluster_id, overlay_ip)
+      ) WITHOUT ROWID;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = migrations[migrations.length - 1]!.version;

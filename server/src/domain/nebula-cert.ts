@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { DomainError } from './errors.js';
@@ -83,6 +83,15 @@ export class NebulaCert {
       await this.run(args, dir);
       return readFile(path.join(dir, 'host.crt'), 'utf8');
     });
+  }
+
+  /**
+   * Makes a key pair in `dir` (which the caller owns): the private key is written there with
+   * mode 0600 and never read into this process.
+   */
+  async keygen(dir: string, files: { key: string; pub: string }): Promise<void> {
+    await this.run(['keygen', `-out-key=${files.key}`, `-out-pub=${files.pub}`], dir);
+    await chmod(path.join(dir, files.key), 0o600);
   }
 
   async print(cert: string): Promise<CertInfo> {

@@ -1,5 +1,6 @@
 import { stmt, type Db } from '../db/connection.js';
 import { revokeCert } from './blocklist.js';
+import { assertNotBuiltinIp } from './builtin-lighthouses.js';
 import { bumpConfigVersion } from './clusters.js';
 import { notFound, rethrowUnique } from './errors.js';
 import { newId, sqlBool, type Page, type Store } from './store.js';
@@ -75,6 +76,7 @@ export function createNode(store: Store, clusterId: string, input: NodeCreate): 
   const now = store.now();
   try {
     store.writer.write('node.create', (db) => {
+      assertNotBuiltinIp(db, clusterId, input.overlay_ip);
       stmt(db, 
         `INSERT INTO nodes (id, cluster_id, name, token_hash, is_admin, mtu, routes, overlay_ip, public_ip, groups, created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -136,6 +138,7 @@ export function updateNode(store: Store, clusterId: string, id: string, input: N
       const before = stmt(db, 'SELECT name, overlay_ip, groups, cert_fingerprint, cert_expires_at FROM nodes WHERE id = ? AND cluster_id = ?')
         .get(id, clusterId) as CertIdentity | undefined;
       if (!before) throw notFound('node');
+      assertNotBuiltinIp(db, clusterId, input.overlay_ip);
       stmt(db, `UPDATE nodes SET ${sets.join(', ')}, updated_at = ? WHERE id = ? AND cluster_id = ?`).run(...args, now, id, clusterId);
       if (identityChanged(before, input)) dropCert(db, clusterId, id, before, now);
       bumpConfigVersion(db, clusterId, now);

@@ -1,4 +1,5 @@
 import { stmt, type Db } from '../db/connection.js';
+import { listBuiltinLighthouses, type BuiltinLighthouse } from './builtin-lighthouses.js';
 import { bumpConfigVersion } from './clusters.js';
 import { invalid, notFound } from './errors.js';
 import type { Store } from './store.js';
@@ -22,6 +23,7 @@ export interface Topology {
   config_version: number;
   lighthouses: Lighthouse[];
   relays: Relay[];
+  builtin_lighthouses: Pick<BuiltinLighthouse, 'server_id' | 'overlay_ip' | 'public_host' | 'port'>[];
 }
 
 export function getTopology(store: Store, clusterId: string): Topology {
@@ -35,7 +37,13 @@ export function getTopology(store: Store, clusterId: string): Topology {
     .all(cluster.lighthouse_port, clusterId) as Lighthouse[];
   const relays = stmt(store.reader, 'SELECT id AS node_id, name, overlay_ip FROM nodes WHERE cluster_id = ? AND is_relay = 1 ORDER BY name')
     .all(clusterId) as Relay[];
-  return { config_version: cluster.config_version, lighthouses, relays };
+  const builtin_lighthouses = listBuiltinLighthouses(store, clusterId).map(({ server_id, overlay_ip, public_host, port }) => ({
+    server_id,
+    overlay_ip,
+    public_host,
+    port,
+  }));
+  return { config_version: cluster.config_version, lighthouses, relays, builtin_lighthouses };
 }
 
 /** Applies one topology change to a node of the cluster and bumps the cluster's config version. */

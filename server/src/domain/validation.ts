@@ -62,6 +62,7 @@ export const clusterCreateSchema = z
     tenant_id: idSchema,
     name: nameSchema,
     lighthouse_port: portSchema.optional(),
+    provide_lighthouse: z.boolean().optional(),
     overlay_cidr: overlayCidrSchema.optional(),
     ca_cert: z.string().min(1).max(16384).optional(),
     ca_key: z.string().min(1).max(16384).optional(),
@@ -70,6 +71,13 @@ export const clusterCreateSchema = z
     message: 'ca_cert and ca_key go together',
     path: ['ca_key'],
   });
+
+export const clusterUpdateSchema = z
+  .strictObject({
+    provide_lighthouse: z.boolean().optional(),
+    lighthouse_port: portSchema.optional(),
+  })
+  .refine((v) => Object.keys(v).length > 0, { message: 'nothing to update' });
 
 export const nodeCreateSchema = z.strictObject({
   cluster_id: idSchema.optional(),
@@ -107,6 +115,7 @@ export const enrollSchema = z.strictObject({ public_key: publicKeySchema });
 
 export type TenantCreate = z.infer<typeof tenantCreateSchema>;
 export type ClusterCreate = z.infer<typeof clusterCreateSchema>;
+export type ClusterUpdate = z.infer<typeof clusterUpdateSchema>;
 export type NodeCreate = z.infer<typeof nodeCreateSchema>;
 export type NodeUpdate = z.infer<typeof nodeUpdateSchema>;
 export type LighthouseAssign = z.infer<typeof lighthouseAssignSchema>;

@@ -5,6 +5,7 @@ import type { HaRole } from '../ha/role.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { Principal } from '../domain/auth.js';
 import type { Store } from '../domain/store.js';
+import type { LighthouseSupervisor } from '../lighthouse/supervisor.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from './metrics.js';
 
@@ -28,4 +29,5 @@ export interface Deps {
   metrics: Metrics;
   log: Logger;
   role: HaRole;
+  lighthouses: LighthouseSupervisor;
 }

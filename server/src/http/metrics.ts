@@ -124,6 +124,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly lighthouseRestarts = new Counter({
+    name: 'nebulagc_lighthouse_restarts_total',
+    help: 'Built-in lighthouse processes restarted after they exited on their own',
+    registers: [this.registry],
+  });
+
   private readonly writer: Writer;
 
   constructor(sources: MetricSources) {
@@ -157,6 +163,18 @@ export class Metrics {
     writer.onCommit((info) => {
       this.dbWrites.inc({ op: info.label });
       this.dbWriteDuration.observe(info.durationMs / 1000);
+    });
+  }
+
+  /** Built-in lighthouse processes running on this server, read at scrape time. */
+  watchLighthouses(running: () => number): void {
+    new Gauge({
+      name: 'nebulagc_lighthouses_running',
+      help: 'Built-in lighthouse (nebula) processes running on this server',
+      registers: [this.registry],
+      collect() {
+        this.set(running());
+      },
     });
   }
 

@@ -12,6 +12,7 @@ export const clusterSchema = z
     tenant_id: z.string(),
     name: z.string(),
     lighthouse_port: z.number().int(),
+    provide_lighthouse: z.boolean().openapi({ description: 'Every control-plane server runs a Nebula lighthouse for the cluster on lighthouse_port' }),
     overlay_cidr: z.string(),
     config_version: z.number().int(),
     current_bundle_version: z.number().int().nullable(),
@@ -66,6 +67,28 @@ export const configVersionSchema = z
   })
   .openapi('ConfigVersion');
 
+const builtinLighthouseFields = {
+  server_id: z.string().openapi({ description: 'The control-plane server (NEBULAGC_NODE_ID) that runs it' }),
+  overlay_ip: z.string(),
+  public_host: z.string().openapi({ description: 'Where hosts reach it over UDP (NEBULAGC_LIGHTHOUSE_PUBLIC_HOST)' }),
+  port: z.number().int(),
+};
+
+export const builtinLighthouseSchema = z
+  .object({ ...builtinLighthouseFields, cert_fingerprint: z.string(), cert_expires_at: z.string(), updated_at: z.string() })
+  .openapi('BuiltinLighthouse');
+
+export const localLighthouseSchema = z
+  .object({
+    server_id: z.string(),
+    state: z.enum(['running', 'backoff', 'stopped']),
+    pid: z.number().int().nullable(),
+    restarts: z.number().int().openapi({ description: 'Restarts after the process exited on its own' }),
+    started_at: z.string().nullable(),
+    config_sha256: z.string(),
+  })
+  .openapi('LocalLighthouse');
+
 export const topologySchema = z
   .object({
     config_version: z.number().int(),
@@ -79,6 +102,7 @@ export const topologySchema = z
       }),
     ),
     relays: z.array(z.object({ node_id: z.string(), name: z.string(), overlay_ip: z.string().nullable() })),
+    builtin_lighthouses: z.array(z.object(builtinLighthouseFields)).openapi({ description: 'Lighthouses the control-plane servers run (provide_lighthouse)' }),
   })
   .openapi('Topology');
 

@@ -3,7 +3,9 @@ import { DomainError } from '../../domain/errors.js';
 import type { HaRole } from '../../ha/role.js';
 import type { ReplicationMaster } from '../../replication/master.js';
 import { replicationStream, snapshotStream } from '../../replication/stream-server.js';
-import { idSchema } from '../../domain/validation.js';
+import { idSchema, portSchema, publicKeySchema } from '../../domain/validation.js';
+import { registerBuiltinLighthouse } from '../../domain/builtin-lighthouses.js';
+import { pkiFrom } from '../../domain/cluster-ca.js';
 import { writeHeartbeats } from '../../domain/heartbeats.js';
 import type { App, Deps } from '../context.js';
 import { errorResponse } from '../errors.js';
@@ -23,6 +25,14 @@ const ackBody = z.object({
   checksum: z.string().regex(/^[0-9a-f]{16}$/),
 });
 
+const lighthouseRegistration = z.strictObject({
+  cluster_id: idSchema,
+  server_id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/),
+  public_key: publicKeySchema,
+  public_host: z.string().min(1).max(253),
+  port: portSchema,
+});
+
 const heartbeatBatch = z.object({ beats: z.array(z.tuple([idSchema, z.iso.datetime()])).max(100_000) });
 
 function parse<T>(schema: z.ZodType<T>, value: unknown): T {
@@ -34,6 +44,7 @@ function parse<T>(schema: z.ZodType<T>, value: unknown): T {
 /** The master's internal endpoints (the app mounts them behind the replication secret). */
 export function registerReplicationRoutes(app: App, deps: Deps, master: ReplicationMaster, role: HaRole): void {
   const { metrics, store } = deps;
+  const pki = pkiFrom(deps.config.pki);
   const sent = (n: number): void => metrics.replicationBytes.inc({ direction: 'sent' }, n);
 
   app.get('/internal/v1/replication/stream', (c) => {
@@ -78,6 +89,12 @@ export function registerReplicationRoutes(app: App, deps: Deps, master: Replicat
     const a = parse(ackBody, await c.req.json());
     master.ack(a.replica_id, { epoch: a.epoch, txid: a.txid, checksum: a.checksum });
     return c.json({ ok: true, master: master.position }, 200);
+  });
+
+  // A replica's built-in lighthouse: the master signs its key and writes its row.
+  app.post('/internal/v1/lighthouses', async (c) => {
+    const req = parse(lighthouseRegistration, await c.req.json());
+    return c.json(await registerBuiltinLighthouse(store, pki, req), 200);
   });
 
   // Replicas batch the heartbeats daemons send them and forward them here.
