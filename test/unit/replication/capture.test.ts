@@ -305,6 +305,24 @@ describe('WalCapture', () => {
     h.assertIdentical();
   });
 
+  it('transactions captured together carry the commit times noted for them, in order', () => {
+    h = new Harness('cap-times', setupTable);
+    const ins = h.writer.prepare('INSERT INTO kv (v) VALUES (?)');
+    for (const t of [1000.25, 1001.5, 1002.75]) {
+      ins.run(`t${t}`);
+      h.capture.noteCommit(t);
+    }
+    const txs = h.pump();
+    assert.deepEqual(
+      txs.map((t) => t.commitTimeMs),
+      [1000.25, 1001.5, 1002.75],
+    );
+    // A commit nobody noted (another process's) is stamped when it is captured.
+    h.other().prepare('INSERT INTO kv (v) VALUES (?)').run('foreign');
+    const [foreign] = h.pump();
+    assert.ok(foreign && foreign.commitTimeMs > 1e12, 'stamped with the clock at capture');
+  });
+
   it('frames of the old generation left past the end of a restarted WAL are never captured again', () => {
     h = new Harness('cap-stale-tail', setupTable);
     const ins = h.writer.prepare('INSERT INTO kv (v) VALUES (?)');
