@@ -29,7 +29,8 @@ const MAX_READ_BYTES = 4 * 1024 * 1024;
 
 const pageList = (pages: Map<number, Buffer>): PageImage[] => {
   // Page 1 carries the schema cookie: it goes last (DESIGN §3).
-  const list = [...pages.entries()].filter(([pgno]) => pgno !== 1).map(([pgno, data]) => ({ pgno, data }));
+  const list: PageImage[] = [];
+  for (const [pgno, data] of pages) if (pgno !== 1) list.push({ pgno, data });
   const first = pages.get(1);
   if (first) list.push({ pgno: 1, data: first });
   return list;
