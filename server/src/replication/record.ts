@@ -86,7 +86,7 @@ export function encodeTxInto(r: Omit<TxRecord, 'type'>, buf: Buffer): Buffer {
   for (const p of r.pages) {
     if (p.data.length !== r.pageSize) throw new Error(`page ${p.pgno} is ${p.data.length} bytes, not ${r.pageSize}`);
     buf.writeUInt32BE(p.pgno, at);
-    p.data.copy(buf, at + 4);
+    buf.set(p.data, at + 4);
     at += 4 + r.pageSize;
   }
   return seal(buf);
