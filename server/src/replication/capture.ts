@@ -131,11 +131,6 @@ export class WalCapture {
     return this.checksum.pageSize;
   }
 
-  /** Bytes of the WAL file. */
-  walBytes(): number {
-    return fstatSync(this.fd).size;
-  }
-
   /** WAL bytes captured since our last checkpoint attempt. */
   get uncheckpointedBytes(): number {
     return this.framesSinceCheckpoint * (24 + this.checksum.pageSize);

@@ -168,8 +168,9 @@ export class ReplicationMaster {
   };
 
   private readonly checkpointSoon = (): void => {
-    this.checkpointDue = false;
+    // Still due while it runs: its own capture must not schedule another one.
     if (!this.closed) this.guarded(() => this.checkpointWal());
+    this.checkpointDue = false;
   };
 
   private guarded(fn: () => void): void {
