@@ -57,7 +57,7 @@ export const envSchema = z.object({
   NEBULAGC_REPLICATION_LOG_BYTES: positiveInt(256 * 1024 * 1024),
   NEBULAGC_REPLICATION_LOG_MAX_AGE_S: positiveInt(24 * 3600),
   NEBULAGC_REPLICATION_MEMORY_BYTES: positiveInt(64 * 1024 * 1024),
-  NEBULAGC_WAL_CHECKPOINT_BYTES: nonNegative(8 * 1024 * 1024),
+  NEBULAGC_WAL_CHECKPOINT_BYTES: nonNegative(4 * 1024 * 1024),
   NEBULAGC_TLS_CERT: z.string().min(1).optional(),
   NEBULAGC_TLS_KEY: z.string().min(1).optional(),
   NEBULAGC_TLS_CA: z.string().min(1).optional(),

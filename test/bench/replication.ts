@@ -32,6 +32,7 @@ import { benchWriter, type LoadResult } from './master-load.js';
  *   BENCH_SNAPSHOT_MB        MiB of blobs in the snapshot database (256; the recorded run used 1024)
  *   BENCH_MASTER_NODE_OPTIONS node flags for the master process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *   BENCH_DEBUG              print the replica's info-level log lines too
+ *   NEBULAGC_WAL_CHECKPOINT_BYTES  the master's checkpoint step (the server's default otherwise)
  * Results and what they mean: docs/BENCHMARKS.md, "Replication".
  */
 
@@ -118,7 +119,12 @@ const median = (xs: number[]): number => {
 
 /** The server's own defaults for the replication log and checkpoints, as loadConfig gives them. */
 function masterDefaults(): { log: { maxBytes: number; maxAgeMs: number; memoryBytes: number }; walCheckpointBytes: number } {
-  const c = loadConfig({ NEBULAGC_HA_MODE: 'master', NEBULAGC_REPLICATION_SECRET: REPLICATION_SECRET, NEBULAGC_HMAC_SECRET: TEST_SECRET });
+  const c = loadConfig({
+    NEBULAGC_HA_MODE: 'master',
+    NEBULAGC_REPLICATION_SECRET: REPLICATION_SECRET,
+    NEBULAGC_HMAC_SECRET: TEST_SECRET,
+    NEBULAGC_WAL_CHECKPOINT_BYTES: process.env.NEBULAGC_WAL_CHECKPOINT_BYTES,
+  });
   return { log: c.replication.log, walCheckpointBytes: c.replication.walCheckpointBytes };
 }
 
@@ -294,6 +300,7 @@ class MasterProcess {
         NEBULAGC_HA_MODE: 'master',
         NEBULAGC_REPLICATION_SECRET: REPLICATION_SECRET,
         NEBULAGC_DB_SYNCHRONOUS: synchronous,
+        ...(process.env.NEBULAGC_WAL_CHECKPOINT_BYTES ? { NEBULAGC_WAL_CHECKPOINT_BYTES: process.env.NEBULAGC_WAL_CHECKPOINT_BYTES } : {}),
       },
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       // Not the parent's flags (a --cpu-prof of the bench would profile the master too).

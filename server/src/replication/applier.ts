@@ -11,6 +11,8 @@ import { PositionFile } from './state-file.js';
 const MAX_ROWS_PER_STATEMENT = 16_000;
 /** After a crash between commit and position write, this many records may be re-applied unverified. */
 const MAX_RECOVERY_RECORDS = 100_000;
+/** Pages written between checkpoints of the copy's WAL (SQLite's own autocheckpoint step). */
+const CHECKPOINT_PAGES = 1000;
 
 export class ApplyError extends Error {}
 
@@ -29,6 +31,7 @@ export class Applier {
   /** The file was ahead of the position file (a crash between the two writes). */
   private recovering: number;
   private readonly statements = new Map<number, Statement>();
+  private pagesSinceCheckpoint = 0;
 
   private readonly stamps: StampFollower;
 
@@ -42,6 +45,9 @@ export class Applier {
     warn: (msg: string) => void,
   ) {
     this.db = db;
+    // SQLite's autocheckpoint would run inside the commit of the batch that crosses the step,
+    // delaying that batch's position write and ack; checkpointIfDue() runs it after instead.
+    db.pragma('wal_autocheckpoint = 0');
     this.stamps = new StampFollower(db, fileStamp, warn);
     this.positionFile = positionFile;
     this.checksum = checksum;
@@ -115,6 +121,20 @@ export class Applier {
     return this.pos;
   }
 
+  /** Whether enough has been written since the last checkpoint to run one. */
+  get checkpointDue(): boolean {
+    return this.pagesSinceCheckpoint >= CHECKPOINT_PAGES;
+  }
+
+  /**
+   * Copies the WAL into the database file, never waiting for readers (a PASSIVE checkpoint),
+   * so the next commit can start the WAL over. Call it after a batch is durable and reported.
+   */
+  checkpoint(): void {
+    this.pagesSinceCheckpoint = 0;
+    this.db.pragma('wal_checkpoint(PASSIVE)');
+  }
+
   /**
    * Verifies a group's transactions against the page hashes, then writes all their pages in
    * ONE autocommit statement: page images tx by tx (each with page 1 last), and the truncation
@@ -143,6 +163,7 @@ export class Applier {
       pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
     }
     if (shrinkTo !== undefined) rows.push(shrinkTo + 1, null);
+    this.pagesSinceCheckpoint += rows.length / 2;
     const page1 = records[records.length - 1]!.pages.find((p) => p.pgno === 1);
     if (page1) this.stamps.prepare(imageStamp(page1.data));
     this.writeRows(rows);

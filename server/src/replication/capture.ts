@@ -24,12 +24,13 @@ export interface CaptureOptions {
   now?: () => number;
 }
 
-/** One read of the WAL covers this much; a transaction that needs more doubles it. */
-const CAPTURE_READ_BYTES = 4 * 1024 * 1024;
+/** The most a capture reads at once before it has seen that more is there. */
+const MAX_READ_BYTES = 4 * 1024 * 1024;
 
 const pageList = (pages: Map<number, Buffer>): PageImage[] => {
   // Page 1 carries the schema cookie: it goes last (DESIGN §3).
-  const list = [...pages.entries()].filter(([pgno]) => pgno !== 1).map(([pgno, data]) => ({ pgno, data }));
+  const list: PageImage[] = [];
+  for (const [pgno, data] of pages) if (pgno !== 1) list.push({ pgno, data });
   const first = pages.get(1);
   if (first) list.push({ pgno: 1, data: first });
   return list;
@@ -59,7 +60,14 @@ export class WalCapture {
   private scan: ScanState = { offset: WAL_HEADER_BYTES, cksum0: 0, cksum1: 0 };
   /** Frames of the current WAL generation read so far. */
   private framesCaptured = 0;
-  private readBuf = Buffer.allocUnsafeSlow(1 << 20);
+  /** Frames captured since our last checkpoint attempt. */
+  private framesSinceCheckpoint = 0;
+  /** Commit times noted by the writer's hook and not yet matched to a captured transaction. */
+  private commitTimes: number[] = [];
+  private commitCursor = 0;
+  private readBuf = Buffer.allocUnsafeSlow(MAX_READ_BYTES);
+  /** WAL bytes the previous capture consumed: the next one reads about twice that at first. */
+  private lastCaptureBytes = 0;
   private activePin = -1;
   private readonly pinStatements: { begin: Statement; read: Statement; end: Statement }[];
   /** Set when the pins were released: a WAL restart seen after that may have hidden frames. */
@@ -123,9 +131,18 @@ export class WalCapture {
     return this.checksum.pageSize;
   }
 
-  /** Bytes of the WAL file, for checkpoint decisions and metrics. */
-  walBytes(): number {
-    return fstatSync(this.fd).size;
+  /** WAL bytes captured since our last checkpoint attempt. */
+  get uncheckpointedBytes(): number {
+    return this.framesSinceCheckpoint * (24 + this.checksum.pageSize);
+  }
+
+  /**
+   * The writer's hook calls this at each commit, so that transactions captured later (once per
+   * turn of the event loop) still carry the time their commit happened. Matched in order; a
+   * commit that wrote nothing leaves the later ones looking older, never younger.
+   */
+  noteCommit(timeMs: number): void {
+    this.commitTimes.push(timeMs);
   }
 
   setEpoch(epoch: number): void {
@@ -134,16 +151,27 @@ export class WalCapture {
 
   /**
    * Reads the frames committed since the last call and turns them into transactions, in order.
-   * Call it after every commit, on a timer (to catch other processes' writes), and before
-   * anything that releases the pins.
+   * Call it after commits, on a timer (to catch other processes' writes), and before anything
+   * that releases the pins. The hot path is one read at the scan position: the WAL header is
+   * read again only when nothing new verifies there, which is also how a restart shows.
    */
   capture(): CapturedTx[] {
     // Pin before reading: from here on no frame can be checkpointed away unseen.
     if (this.activePin < 0) this.pin();
-    const size = fstatSync(this.fd).size;
-    const header = size >= WAL_HEADER_BYTES ? parseWalHeader(this.readAt(0, WAL_HEADER_BYTES)) : undefined;
-    if (!header) return [];
-    if (!this.header || header.salt1 !== this.header.salt1 || header.salt2 !== this.header.salt2) {
+    try {
+      // Pinned since the last capture, the WAL cannot have restarted past uncaptured frames:
+      // whatever verifies at the scan position is next. Without the pin, the header goes first.
+      const scanned = this.header !== undefined && !this.lossPossible;
+      if (scanned) {
+        const out = this.captureFrames(this.header!, false);
+        if (out.length > 0) return out;
+      }
+      const header = parseWalHeader(this.readAt(0, WAL_HEADER_BYTES));
+      if (!header) return [];
+      if (this.header && header.salt1 === this.header.salt1 && header.salt2 === this.header.salt2) {
+        this.lossPossible = false;
+        return scanned ? [] : this.captureFrames(header, false);
+      }
       // The WAL restarted. With a pin held throughout, every frame of the old generation was
       // read before that could happen; each restart bumps the header's checkpoint counter once.
       const skipped =
@@ -153,38 +181,49 @@ export class WalCapture {
       this.header = header;
       this.scan = { offset: WAL_HEADER_BYTES, cksum0: header.cksum0, cksum1: header.cksum1 };
       this.framesCaptured = 0;
+      return this.captureFrames(header, false);
+    } finally {
+      this.commitTimes.length = 0;
+      this.commitCursor = 0;
     }
-    this.lossPossible = false;
-    return this.captureFrames(header, size, false);
   }
 
-  /** Turns the committed frames from the scan position to `size` into transactions. */
-  private captureFrames(header: WalHeader, size: number, copyPages: boolean): CapturedTx[] {
+  /**
+   * Turns the committed frames from the scan position on into transactions. Reads until a
+   * frame fails to verify or the file ends: one read when the previous capture's size fits,
+   * and a read that fills the buffer goes on into a bigger one (earlier page views stay valid,
+   * as the old buffer is not reused). A stale tail after a restart without truncation costs one
+   * bounded read.
+   */
+  private captureFrames(header: WalHeader, copyPages: boolean): CapturedTx[] {
     const out: CapturedTx[] = [];
-    // Read in bounded steps: after a restart without truncation the file's tail is an old
-    // generation, and reading all of it on every commit would cost megabytes per commit.
-    let chunk = CAPTURE_READ_BYTES;
-    while (size > this.scan.offset) {
+    const from = this.scan.offset;
+    const frameBytes = 24 + header.pageSize;
+    let want = Math.min(MAX_READ_BYTES, Math.max(2 * frameBytes, this.lastCaptureBytes * 2));
+    for (;;) {
       const start = this.scan.offset;
-      const length = Math.min(size - start, chunk);
-      const bytes = this.readAt(this.scan.offset, length);
+      const bytes = this.readAt(start, want);
       const { transactions, state, hitEnd } = scanFrames(bytes, header, this.scan);
-      // Several reads in one capture reuse the buffer: earlier pages must be copied out.
-      const copy = copyPages || length < size - start;
       for (const tx of transactions) {
         const pages = new Map<number, Buffer>();
-        for (const f of tx.frames) pages.set(f.pgno, copy ? Buffer.from(f.data) : f.data);
+        for (const f of tx.frames) pages.set(f.pgno, copyPages ? Buffer.from(f.data) : f.data);
         for (const [pgno, data] of pages) this.checksum.setPage(pgno, data);
         this.checksum.resize(tx.dbSize);
         this.framesCaptured += tx.frames.length;
+        this.framesSinceCheckpoint += tx.frames.length;
         out.push(this.emit(pageList(pages), tx.dbSize, false));
       }
-      const progressed = state.offset !== start;
       this.scan = state;
-      if (hitEnd || start + length >= size) break;
-      // A transaction larger than the step: read a bigger one from the same place.
-      chunk = progressed ? CAPTURE_READ_BYTES : chunk * 2;
+      if (hitEnd || bytes.length < want) break;
+      // The buffer was full. The page views handed out point into it, so read on into a new
+      // one; no progress means one transaction is larger than the read: ask for more at once.
+      want = state.offset === start ? want * 2 : Math.min(MAX_READ_BYTES, want * 2);
+      this.readBuf = Buffer.allocUnsafeSlow(want);
     }
+    this.lastCaptureBytes = this.scan.offset - from;
+    // A huge transaction once is no reason to hold its buffer for good (views into it live on
+    // only until the caller has encoded them).
+    if (this.readBuf.length > MAX_READ_BYTES) this.readBuf = Buffer.allocUnsafeSlow(MAX_READ_BYTES);
     return out;
   }
 
@@ -208,7 +247,7 @@ export class WalCapture {
     const frameBytes = 24 + fresh.pageSize;
     // The new generation may have written right up to (or into) our old position.
     if (newEnd + frameBytes > this.scan.offset) return undefined;
-    const missed = this.captureFrames(old, size, true);
+    const missed = this.captureFrames(old, true);
     this.header = fresh;
     this.scan = start;
     this.framesCaptured = 0;
@@ -237,32 +276,36 @@ export class WalCapture {
   /**
    * Checkpoints the WAL ourselves, losing nothing: a RESTART checkpoint reports how many frames
    * it saw, and only when that is exactly what we captured is the restart known to be clean.
-   * Then, pinned again, a TRUNCATE shrinks the file if nothing new arrived meanwhile.
+   * The file is not truncated: the next writer starts over at its beginning, so commits
+   * overwrite blocks the file already has instead of growing it (a size change is a journal
+   * commit in every WAL fsync), and `journal_size_limit` bounds what a big transaction left.
+   * It never waits: a reader or writer in the way makes it incomplete, and the caller retries
+   * later rather than stall the event loop.
    */
   checkpoint(): { captured: CapturedTx[]; complete: boolean } {
     const captured = this.releasePins();
-    if (this.framesCaptured === 0 && fstatSync(this.fd).size <= WAL_HEADER_BYTES) {
+    if (this.framesCaptured === 0) {
       this.lossPossible = false;
       this.pin();
       return { captured, complete: true };
     }
-    const [r] = this.writer.pragma('wal_checkpoint(RESTART)') as { busy: number; log: number; checkpointed: number }[];
-    const complete = r!.busy === 0 && r!.log === this.framesCaptured && r!.checkpointed === r!.log;
-    this.pin();
-    if (complete) {
-      this.lossPossible = false;
-      // The counter in the next WAL header may move by more than one (RESTART, then TRUNCATE).
-      this.restartExpected = true;
-      const previous = this.writer.pragma('busy_timeout', { simple: true }) as number;
-      this.writer.pragma('busy_timeout = 0');
-      try {
-        const [t] = this.writer.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
-        // An empty WAL: the next frames, whoever writes them, start a new generation at 32.
-        if (t!.busy === 0) this.framesCaptured = 0;
-      } finally {
-        this.writer.pragma(`busy_timeout = ${previous}`);
-      }
+    const previous = this.writer.pragma('busy_timeout', { simple: true }) as number;
+    this.writer.pragma('busy_timeout = 0');
+    let r: { busy: number; log: number; checkpointed: number };
+    try {
+      r = (this.writer.pragma('wal_checkpoint(RESTART)') as (typeof r)[])[0]!;
+    } finally {
+      this.writer.pragma(`busy_timeout = ${previous}`);
     }
+    const sawOnlyCaptured = r.log === this.framesCaptured;
+    const complete = r.busy === 0 && sawOnlyCaptured && r.checkpointed === r.log;
+    this.pin();
+    // Frames another process committed after our capture may have been copied and may be
+    // dropped by the next restart: only then does that restart need the page comparison.
+    this.lossPossible = !sawOnlyCaptured;
+    if (complete) this.restartExpected = true;
+    // Incomplete or not, the next attempt comes one step later, not at every capture.
+    this.framesSinceCheckpoint = 0;
     return { captured, complete };
   }
 
@@ -279,7 +322,7 @@ export class WalCapture {
       checksum: this.checksum.value,
       pageSize: this.checksum.pageSize,
       dbSize,
-      commitTimeMs: this.now(),
+      commitTimeMs: this.commitCursor < this.commitTimes.length ? this.commitTimes[this.commitCursor++]! : this.now(),
       pages,
       resync,
     };
@@ -302,7 +345,7 @@ export class WalCapture {
       if (missed) {
         this.lossPossible = false;
         this.pin();
-        return missed.concat(this.captureFrames(this.header!, fstatSync(this.fd).size, false));
+        return missed.concat(this.captureFrames(this.header!, false));
       }
       const changed = new Map<number, Buffer>();
       const probe = new DbChecksum(this.checksum.pageSize);

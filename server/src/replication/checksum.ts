@@ -22,14 +22,22 @@ function fmix32(h: number): number {
  */
 export function pageHash(pgno: number, page: Buffer): [number, number] {
   if (pgno === 1 && page.length >= 100) page = withoutCommitStamps(page);
-  let h0 = (0x811c9dc5 ^ pgno) >>> 0;
-  let h1 = (0x9e3779b1 ^ Math.imul(pgno, 0x85ebca77)) >>> 0;
+  // Signed words and `| 0` keep the lanes 32-bit integers for the JIT; same bits as unsigned.
+  let h0 = 0x811c9dc5 ^ pgno;
+  let h1 = 0x9e3779b1 ^ Math.imul(pgno, 0x85ebca77);
   const words = page.length >>> 2;
   if (LITTLE_ENDIAN_HOST && (page.byteOffset & 3) === 0) {
-    const w = new Uint32Array(page.buffer, page.byteOffset, words);
-    for (let i = 0; i < words; i += 2) {
+    const w = new Int32Array(page.buffer, page.byteOffset, words);
+    let i = 0;
+    for (const end = words - 3; i < end; i += 4) {
       h0 = Math.imul(h0 ^ w[i]!, 0x01000193);
-      h1 = Math.imul((h1 ^ w[i + 1]!) + (h0 >>> 7), 0x5bd1e995);
+      h1 = Math.imul(((h1 ^ w[i + 1]!) + (h0 >>> 7)) | 0, 0x5bd1e995);
+      h0 = Math.imul(h0 ^ w[i + 2]!, 0x01000193);
+      h1 = Math.imul(((h1 ^ w[i + 3]!) + (h0 >>> 7)) | 0, 0x5bd1e995);
+    }
+    for (; i < words; i += 2) {
+      h0 = Math.imul(h0 ^ w[i]!, 0x01000193);
+      h1 = Math.imul(((h1 ^ w[i + 1]!) + (h0 >>> 7)) | 0, 0x5bd1e995);
     }
   } else {
     for (let i = 0; i < words; i += 2) {

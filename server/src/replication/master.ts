@@ -5,7 +5,7 @@ import type { Writer } from '../db/writer.js';
 import type { Logger } from '../log.js';
 import { WalCapture, type CapturedTx } from './capture.js';
 import { ReplicationLog } from './log.js';
-import { encodeHeartbeat, encodeTx, type Position } from './record.js';
+import { encodeHeartbeat, encodeTxInto, txRecordBytes, type Position } from './record.js';
 
 export interface MasterOptions {
   dbPath: string;
@@ -58,8 +58,12 @@ export class ReplicationMaster {
   private readonly subscribers = new Set<Subscriber>();
   private readonly pins: [Db, Db];
   private readonly timers: NodeJS.Timeout[] = [];
+  private closed = false;
   private readonly stateFile: string;
   private lastRecordAt = Date.now();
+  /** Commits happened that no capture has read yet; a setImmediate will. */
+  private captureDue = false;
+  private checkpointDue = false;
   readonly events: MasterEvents = {};
 
   constructor(
@@ -71,6 +75,8 @@ export class ReplicationMaster {
     this.stateFile = path.join(opts.dir, 'master.json');
     const epoch = this.readEpoch();
     writer.db.pragma('wal_autocheckpoint = 0');
+    // Our checkpoints do not truncate the WAL; this bounds what a big transaction leaves behind.
+    if (opts.walCheckpointBytes > 0) writer.db.pragma(`journal_size_limit = ${Math.max(2 * opts.walCheckpointBytes, 4 * 1024 * 1024)}`);
     this.log = new ReplicationLog(path.join(opts.dir, 'log'), { ...opts.log, segmentBytes: 16 * 1024 * 1024 });
     this.pins = [openDatabase(opts.dbPath, { readonly: true }), openDatabase(opts.dbPath, { readonly: true })];
     this.capture = new WalCapture(writer.db, { dbPath: opts.dbPath, pins: this.pins, epoch, resumeFrom: this.log.last });
@@ -97,12 +103,14 @@ export class ReplicationMaster {
       },
       afterAcquire: () => this.publish(this.capture.capture()),
     });
-    writer.onCommit(() => this.captureNow());
+    writer.onCommit(() => this.commitSeen());
     this.log.onFlushed = () => this.wakeAll();
     logger.info({ position: this.position }, 'replication master ready');
   }
 
+  /** The newest position: captures first if commits are waiting for their capture. */
   get position(): Position {
+    if (this.captureDue) this.captureNow();
     return this.capture.position;
   }
 
@@ -120,15 +128,57 @@ export class ReplicationMaster {
     };
     // Other processes (litestream, the CLI, the sqlite3 shell) write too; catch their commits.
     every(this.opts.captureIntervalMs ?? 50, () => this.captureNow());
-    every(1000, () => this.maintainWal());
+    // Lets other processes' checkpoints (Litestream's) copy what has been captured.
+    every(1000, () => this.publish(this.capture.refreshPin()));
     every(10_000, () => this.log.trim());
     every(this.opts.heartbeatIntervalMs ?? 500, () => {
       if (Date.now() - this.lastRecordAt >= (this.opts.heartbeatIntervalMs ?? 500)) this.wakeAll();
     });
   }
 
+  /** Captures, logs and ships everything committed so far. */
   captureNow(): void {
+    this.captureDue = false;
     this.publish(this.capture.capture());
+    this.log.flush();
+    const threshold = this.opts.walCheckpointBytes;
+    if (threshold > 0 && !this.checkpointDue && this.capture.uncheckpointedBytes >= threshold) {
+      this.checkpointDue = true;
+      // After this turn's records have gone out to the streams (their writes run first).
+      setImmediate(this.checkpointSoon);
+    }
+  }
+
+  /**
+   * A commit marks the capture as due; one capture per turn of the event loop then reads every
+   * commit of that turn at once. The stream could not send anything before the turn ends
+   * anyway. Whatever needs the newest position before then (write responses' txid, the write
+   * lock wait, snapshots, close) reads `position` or calls captureNow(), which capture first.
+   */
+  private commitSeen(): void {
+    this.capture.noteCommit(performance.timeOrigin + performance.now());
+    if (this.captureDue) return;
+    this.captureDue = true;
+    setImmediate(this.captureSoon);
+  }
+
+  private readonly captureSoon = (): void => {
+    if (!this.captureDue || this.closed) return;
+    this.guarded(() => this.captureNow());
+  };
+
+  private readonly checkpointSoon = (): void => {
+    // Still due while it runs: its own capture must not schedule another one.
+    if (!this.closed) this.guarded(() => this.checkpointWal());
+    this.checkpointDue = false;
+  };
+
+  private guarded(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.logger.error({ err }, 'replication capture failed');
+    }
   }
 
   /** A heartbeat record carrying the master's position and clock. */
@@ -207,6 +257,7 @@ export class ReplicationMaster {
   close(): void {
     for (const t of this.timers) clearInterval(t);
     this.captureNow();
+    this.closed = true;
     this.log.close();
     this.capture.close();
     for (const p of this.pins) p.close();
@@ -217,7 +268,7 @@ export class ReplicationMaster {
     let bytes = 0;
     for (const tx of txs) {
       if (tx.resync) this.logger.warn({ txid: tx.txid, pages: tx.pages.length }, 'WAL frames were checkpointed unseen; shipped the difference');
-      const buf = encodeTx(tx);
+      const buf = encodeTxInto(tx, this.log.reserve(txRecordBytes(tx.pageSize, tx.pages.length)));
       bytes += buf.length;
       this.log.append(tx, buf);
     }
@@ -230,19 +281,17 @@ export class ReplicationMaster {
     for (const s of this.subscribers) s.wake();
   }
 
-  /** Moves the pin forward and, past the threshold, checkpoints the WAL itself. */
-  private maintainWal(): void {
-    const threshold = this.opts.walCheckpointBytes;
-    if (threshold > 0 && this.capture.walBytes() > threshold) {
-      // Only what is in the log may leave the WAL: a crash must find the rest still there.
-      this.captureNow();
-      this.log.flush();
-      const { captured, complete } = this.capture.checkpoint();
-      this.publish(captured);
-      if (!complete) this.logger.debug('WAL checkpoint incomplete (a reader or writer was busy); will retry');
-      return;
-    }
-    this.publish(this.capture.refreshPin());
+  /**
+   * Checkpoints in small steps (every NEBULAGC_WAL_CHECKPOINT_BYTES of captured frames), so
+   * each costs a short fsync rather than a long stall. Only what is in the log may leave the
+   * WAL: a crash must find the rest still there.
+   */
+  private checkpointWal(): void {
+    this.captureNow();
+    const { captured, complete } = this.capture.checkpoint();
+    this.publish(captured);
+    this.log.flush();
+    if (!complete) this.logger.debug('WAL checkpoint incomplete (a reader or writer was busy); will retry');
   }
 
   private readEpoch(): number {

@@ -63,9 +63,16 @@ function seal(buf: Buffer): Buffer {
   return buf;
 }
 
+/** Bytes of the sealed record of a transaction with `pages` pages. */
+export const txRecordBytes = (pageSize: number, pages: number): number => ENVELOPE + 1 + TX_FIXED + pages * (4 + pageSize);
+
 export function encodeTx(r: Omit<TxRecord, 'type'>): Buffer {
-  const size = ENVELOPE + 1 + TX_FIXED + r.pages.length * (4 + r.pageSize);
-  const buf = Buffer.allocUnsafe(size);
+  return encodeTxInto(r, Buffer.allocUnsafe(txRecordBytes(r.pageSize, r.pages.length)));
+}
+
+/** Seals the record into `buf`, which must be exactly txRecordBytes() long (a slice of a bigger buffer, say). */
+export function encodeTxInto(r: Omit<TxRecord, 'type'>, buf: Buffer): Buffer {
+  if (buf.length !== txRecordBytes(r.pageSize, r.pages.length)) throw new Error(`record buffer is ${buf.length} bytes, not ${txRecordBytes(r.pageSize, r.pages.length)}`);
   let at = 4;
   buf[at++] = RECORD_TX;
   buf.writeUInt32BE(r.epoch, at);
@@ -79,7 +86,7 @@ export function encodeTx(r: Omit<TxRecord, 'type'>): Buffer {
   for (const p of r.pages) {
     if (p.data.length !== r.pageSize) throw new Error(`page ${p.pgno} is ${p.data.length} bytes, not ${r.pageSize}`);
     buf.writeUInt32BE(p.pgno, at);
-    p.data.copy(buf, at + 4);
+    buf.set(p.data, at + 4);
     at += 4 + r.pageSize;
   }
   return seal(buf);

@@ -47,6 +47,7 @@ export class ReplicationReplica {
   private queue: TxRecord[] = [];
   private queueBytes = 0;
   private applyScheduled = false;
+  private checkpointScheduled = false;
   private waiters: Waiter[] = [];
   private readonly stateFile: string;
   /** The master's latest position, from its records and heartbeats. */
@@ -244,6 +245,18 @@ export class ReplicationReplica {
     );
     this.releaseWaiters(pos.txid);
     this.scheduleAck();
+    // After the records that arrived with this batch have been applied and reported.
+    if (this.applier?.checkpointDue && !this.checkpointScheduled) {
+      this.checkpointScheduled = true;
+      setImmediate(() => {
+        this.checkpointScheduled = false;
+        try {
+          this.applier?.checkpoint();
+        } catch (err) {
+          this.log.warn({ err: (err as Error).message }, 'checkpoint of the copy failed; will retry');
+        }
+      });
+    }
   }
 
   private releaseWaiters(txid: number): void {

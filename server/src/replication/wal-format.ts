@@ -39,12 +39,23 @@ export function walChecksum(buf: Buffer, bigEndian: boolean, s0: number, s1: num
   // Fast path: native little-endian words read straight from an aligned view (x86 and ARM
   // write their WALs little-endian).
   if (!bigEndian && LITTLE_ENDIAN_HOST && (buf.byteOffset & 3) === 0) {
-    const w = new Uint32Array(buf.buffer, buf.byteOffset, n >>> 2);
-    for (let i = 0; i < w.length; i += 2) {
-      s0 = (s0 + w[i]! + s1) >>> 0;
-      s1 = (s1 + w[i + 1]! + s0) >>> 0;
+    // Signed words and `| 0` keep every sum a 32-bit integer for the JIT (no doubles);
+    // the bits are the same as unsigned arithmetic modulo 2^32.
+    const w = new Int32Array(buf.buffer, buf.byteOffset, n >>> 2);
+    let a = s0 | 0;
+    let b = s1 | 0;
+    let i = 0;
+    for (const end = w.length - 3; i < end; i += 4) {
+      a = (a + w[i]! + b) | 0;
+      b = (b + w[i + 1]! + a) | 0;
+      a = (a + w[i + 2]! + b) | 0;
+      b = (b + w[i + 3]! + a) | 0;
     }
-    return [s0, s1];
+    for (; i < w.length; i += 2) {
+      a = (a + w[i]! + b) | 0;
+      b = (b + w[i + 1]! + a) | 0;
+    }
+    return [a >>> 0, b >>> 0];
   }
   for (let i = 0; i < n; i += 8) {
     const x0 = bigEndian ? buf.readUInt32BE(i) : buf.readUInt32LE(i);
