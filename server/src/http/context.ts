@@ -6,6 +6,7 @@ import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { Principal } from '../domain/auth.js';
 import type { Store } from '../domain/store.js';
 import type { Logger } from '../log.js';
+import type { VersionWaiters } from './blocking/version-waiters.js';
 import type { Metrics } from './metrics.js';
 
 export interface AppEnv {
@@ -28,4 +29,6 @@ export interface Deps {
   metrics: Metrics;
   log: Logger;
   role: HaRole;
+  /** Blocking config polls held until a node's version moves. */
+  waiters: VersionWaiters;
 }
