@@ -171,12 +171,13 @@ export function registerConfigRoutes(app: App, { store, config, waiters }: Deps)
   const limits = defaultBundleLimits(config.maxBundleBytes);
 
   /** A blocking poll is held only while the node's version is still the one the client has. */
-  const versionForNode = async (c: AppContext, nodeId: string, clusterId: string, index?: number, wait?: number): Promise<Response> => {
-    if (index !== undefined && nodeConfigState(store, nodeId).version === index) {
-      await waiters.wait(nodeId, index, performance.now() + holdMs(wait, config.pollMaxWaitMs), c.req.raw.signal);
-    }
-    const { body, headers } = nodeVersionReply(store, nodeId, clusterId);
-    return reply(c, body, 200, headers);
+  const versionForNode = (c: AppContext, nodeId: string, clusterId: string, index?: number, wait?: number): Response | Promise<Response> => {
+    const answer = (): Response => {
+      const { body, headers } = nodeVersionReply(store, nodeId, clusterId);
+      return reply(c, body, 200, headers);
+    };
+    if (index === undefined || nodeConfigState(store, nodeId).version !== index) return answer();
+    return waiters.wait(nodeId, index, performance.now() + holdMs(wait, config.pollMaxWaitMs), c.req.raw.signal).then(answer);
   };
 
   pollRoute(
