@@ -164,3 +164,25 @@ describe('blocking poll helpers', () => {
     assert.equal(heap.size, 0);
   });
 });
+
+describe('render YAML', () => {
+  it('reads back to the same value, tricky strings included', () => {
+    const value = {
+      plain: 'nebula1',
+      words: ['yes', 'No', 'on', 'OFF', 'true', 'null', '~', 'y', ''],
+      numbers: { int: 1300, neg: -1, float: 1.5, zero: 0 },
+      looks_like_numbers: ['10.42.0.1', '1e3', '0x10', '0777', '12:30'],
+      quoting: ['a: b', '#c', 'd #e', '- f', '"g"', "'h'", 'i\nj', 'tab\there', 'ü', '*alias', '&anchor', '!tag', '%x', '@at', '`tick', '{x}', '[y]', ' pad '],
+      bools: [true, false],
+      nothing: null,
+      empty_map: {},
+      empty_list: [],
+      list_of_maps: [{ port: 'any', proto: 'icmp', host: 'any' }, { port: 22, groups: ['a', 'b'] }],
+      list_of_lists: [[1, 2], [], ['x']],
+      'odd key: yes': { '10.42.0.1': ['192.0.2.1:4242'] },
+      deep: { a: { b: { c: [{ d: { e: 'f' } }] } } },
+    };
+    assert.deepEqual(YAML.parse(configYaml(value)), value);
+    assert.deepEqual(YAML.parse(configYaml(value), { version: '1.1' }), value, 'as a YAML 1.1 reader (go-yaml) sees it');
+  });
+});

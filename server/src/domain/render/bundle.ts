@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import YAML from 'yaml';
 import { renderNodeConfig, type ClusterView, type RenderNode } from './config.js';
 import { packTarGz } from './tar.js';
 import type { ConfigMap } from './template.js';
+import { toYaml } from './yaml.js';
 
 export interface NodeRender {
   config: ConfigMap;
@@ -33,8 +33,7 @@ export function renderNode(view: ClusterView, node: RenderNode, caCert: string |
   return { config, caCert, hostCert, contentHash };
 }
 
-export const configYaml = (config: ConfigMap): string =>
-  YAML.stringify(config, { lineWidth: 0, aliasDuplicateObjects: false });
+export const configYaml = (config: ConfigMap): string => toYaml(config);
 
 /** The tar.gz a daemon downloads: config.yml, ca.crt, host.crt, always in that order. */
 export function packNodeBundle(r: NodeRender & { caCert: string; hostCert: string }): NodeBundle {
