@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { renderNodeConfig, type ClusterView, type RenderNode } from './config.js';
+import { renderNodeConfig, sortKeys, type ClusterView, type RenderNode } from './config.js';
 import { packTarGz } from './tar.js';
 import type { ConfigMap } from './template.js';
 import { toYaml } from './yaml.js';
@@ -33,7 +33,8 @@ export function renderNode(view: ClusterView, node: RenderNode, caCert: string |
   return { config, caCert, hostCert, contentHash };
 }
 
-export const configYaml = (config: ConfigMap): string => toYaml(config);
+/** config.yml with its keys sorted at every level, so it reads the same whatever the template's order. */
+export const configYaml = (config: ConfigMap): string => toYaml(sortKeys(config));
 
 /** The tar.gz a daemon downloads: config.yml, ca.crt, host.crt, always in that order. */
 export function packNodeBundle(r: NodeRender & { caCert: string; hostCert: string }): NodeBundle {

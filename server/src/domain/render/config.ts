@@ -78,8 +78,9 @@ export function viewCluster(inputs: ClusterRenderInputs): ClusterView {
 
 /**
  * One node's final config: the template, with everything the control plane knows about the
- * cluster laid over it. Rendered keys win; template keys that do not conflict are kept. The
- * result's keys are sorted, so serialising it is deterministic.
+ * cluster laid over it. Rendered keys win; template keys that do not conflict are kept. Key
+ * order is the template's, then the rendered keys' in a fixed order: deterministic, so it can
+ * be hashed as it is (sorting waits until a bundle is actually served).
  */
 export function renderNodeConfig(view: ClusterView, node: RenderNode): ConfigMap {
   const staticHostMap: Record<string, string[]> = {};
@@ -103,7 +104,7 @@ export function renderNodeConfig(view: ClusterView, node: RenderNode): ConfigMap
     tun: { mtu: node.mtu, unsafe_routes: unsafeRoutes },
   };
   if (node.is_lighthouse) overlay.listen = { port: node.lighthouse_port ?? view.inputs.lighthousePort };
-  return sortKeys(mergeInto(view.inputs.template, overlay)) as ConfigMap;
+  return mergeInto(view.inputs.template, overlay);
 }
 
 /** Maps merge key by key; anything else (lists included) from `over` replaces what is under it. */

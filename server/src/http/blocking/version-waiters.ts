@@ -23,6 +23,7 @@ export class VersionWaiters {
   private timerAt = Infinity;
   private seenIndex: number;
   private closed = false;
+  private pending: NodeJS.Immediate | undefined;
 
   constructor(private readonly store: Store) {
     this.seenIndex = this.renderIndex() ?? 0;
@@ -59,8 +60,20 @@ export class VersionWaiters {
     });
   }
 
-  /** Call after anything may have changed the database. */
+  /**
+   * Call after anything may have changed the database. The check runs once the current
+   * callback is done, so the write that caused it answers its own client first, and a burst of
+   * commits costs one query.
+   */
   changed(): void {
+    if (this.pending || this.closed) return;
+    this.pending = setImmediate(() => {
+      this.pending = undefined;
+      this.wakeMoved();
+    });
+  }
+
+  private wakeMoved(): void {
     const top = this.renderIndex();
     if (top === undefined || top === this.seenIndex) return;
     const since = this.seenIndex;
@@ -85,6 +98,7 @@ export class VersionWaiters {
   /** Answers every held request (with whatever version is current) and accepts no more. */
   close(): void {
     this.closed = true;
+    if (this.pending) clearImmediate(this.pending);
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     for (const w of this.heap.drain()) this.finish(w);
