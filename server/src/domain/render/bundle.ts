@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { renderNodeConfig, sortKeys, type ClusterView, type RenderNode } from './config.js';
+import { renderNodeConfig, type ClusterView, type RenderNode } from './config.js';
 import { packTarGz } from './tar.js';
 import type { ConfigMap } from './template.js';
 import { toYaml } from './yaml.js';
@@ -23,21 +23,24 @@ export interface NodeBundle {
 
 export function renderNode(view: ClusterView, node: RenderNode, caCert: string | null, hostCert: string | null): NodeRender {
   const config = renderNodeConfig(view, node);
-  const contentHash = createHash('sha256')
+  return { config, caCert, hostCert, contentHash: contentHashOf(config, caCert, hostCert) };
+}
+
+function contentHashOf(config: ConfigMap, caCert: string | null, hostCert: string | null): string {
+  return createHash('sha256')
     .update(JSON.stringify(config))
     .update('\0')
     .update(caCert ?? '')
     .update('\0')
     .update(hostCert ?? '')
     .digest('hex');
-  return { config, caCert, hostCert, contentHash };
 }
 
-/** config.yml with its keys sorted at every level, so it reads the same whatever the template's order. */
-export const configYaml = (config: ConfigMap): string => toYaml(sortKeys(config));
+/** config.yml, keys sorted at every level, so it reads the same whatever the template's order. */
+export const configYaml = (config: ConfigMap): string => toYaml(config);
 
 /** The tar.gz a daemon downloads: config.yml, ca.crt, host.crt, always in that order. */
-export function packNodeBundle(r: NodeRender & { caCert: string; hostCert: string }): NodeBundle {
+export function packNodeBundle(r: { config: ConfigMap; caCert: string; hostCert: string }): NodeBundle {
   const body = packTarGz([
     { name: 'config.yml', content: Buffer.from(configYaml(r.config), 'utf8') },
     { name: 'ca.crt', content: Buffer.from(r.caCert, 'utf8') },

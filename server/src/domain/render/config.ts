@@ -116,11 +116,3 @@ export function mergeInto(under: ConfigMap, over: ConfigMap): ConfigMap {
   }
   return out;
 }
-
-export function sortKeys(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(sortKeys);
-  if (!isMap(v)) return v;
-  const out: ConfigMap = {};
-  for (const k of Object.keys(v).sort()) out[k] = sortKeys(v[k]);
-  return out;
-}

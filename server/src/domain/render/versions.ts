@@ -1,7 +1,7 @@
 import { stmt, type Db } from '../../db/connection.js';
 import type { Store } from '../store.js';
 import { renderNode, type NodeRender } from './bundle.js';
-import { viewCluster, type ClusterView, type RenderNode } from './config.js';
+import { renderNodeConfig, viewCluster, type ClusterView, type RenderNode } from './config.js';
 import { templateOf } from './template.js';
 
 interface NodeRow {
@@ -84,9 +84,10 @@ export function loadCluster(db: Db, clusterId: string): ClusterRenderState | und
   return { view, caCert: cluster.ca_cert, nodes };
 }
 
-export function renderOne(state: ClusterRenderState, nodeId: string): NodeRender | undefined {
+/** One node's config and files, for serving (no content hash: the stored version stands for it). */
+export function renderOne(state: ClusterRenderState, nodeId: string): Omit<NodeRender, 'contentHash'> | undefined {
   const n = state.nodes.get(nodeId);
-  return n && renderNode(state.view, n.node, state.caCert, n.certPem);
+  return n && { config: renderNodeConfig(state.view, n.node), caCert: state.caCert, hostCert: n.certPem };
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
  * Block-style YAML for JSON-shaped values (maps, lists, strings, finite numbers, booleans,
- * null), the only shapes a rendered config holds. The `yaml` package's stringify took ~0.9 ms
+ * null), the only shapes a rendered config holds, with map keys sorted at every level so the
+ * text does not depend on the order keys were merged in. The `yaml` package's stringify took ~0.9 ms
  * per node config here, most of a bundle's cost; this takes a few µs. Strings are plain only
  * when no YAML 1.1 reader (nebula's go-yaml) could take them for anything else, and otherwise
  * double-quoted with JSON escapes, which YAML's double-quoted style accepts.
@@ -39,7 +40,8 @@ function inline(v: unknown): string {
 
 function writeMap(map: Map, indent: string, out: string[], firstPrefix?: string): void {
   let first = true;
-  for (const [k, v] of Object.entries(map)) {
+  for (const k of Object.keys(map).sort()) {
+    const v = map[k];
     const lead = first && firstPrefix !== undefined ? firstPrefix : indent;
     first = false;
     if (!nested(v)) {
