@@ -6,6 +6,11 @@ import { configYaml, packNodeBundle, renderNode } from '../../server/src/domain/
 import { mergeInto, viewCluster, type ClusterRenderInputs, type RenderNode } from '../../server/src/domain/render/config.js';
 import { packTarGz, readTarGzFile } from '../../server/src/domain/render/tar.js';
 import { DEFAULT_TEMPLATE, templateOf } from '../../server/src/domain/render/template.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { openStore } from '../../server/src/db/open-store.js';
+import { renderUnrenderedNodes } from '../../server/src/domain/render/versions.js';
 import { DeadlineHeap } from '../../server/src/http/blocking/deadline-heap.js';
 import { holdMs } from '../../server/src/http/blocking/wait-param.js';
 import { makeTarGz, untarGz, validBundle } from '../helpers/bundle.js';
@@ -184,5 +189,30 @@ describe('render YAML', () => {
     };
     assert.deepEqual(YAML.parse(configYaml(value)), value);
     assert.deepEqual(YAML.parse(configYaml(value), { version: '1.1' }), value, 'as a YAML 1.1 reader (go-yaml) sees it');
+  });
+});
+
+describe('render versions', () => {
+  it('gives nodes from before per-node versions a version at start, once', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-render-'));
+    const opened = openStore({ dbPath: path.join(dir, 'db'), synchronous: 'NORMAL', secret: 'x'.repeat(32) });
+    try {
+      const { store } = opened;
+      store.writer.write('seed', (db) => {
+        db.prepare("INSERT INTO tenants (id, name, created_at, updated_at) VALUES ('t', 't', 'x', 'x')").run();
+        db.prepare("INSERT INTO clusters (id, tenant_id, name, token_hash, created_at, updated_at) VALUES ('c', 't', 'c', 'h', 'x', 'x')").run();
+        for (const [id, ip] of [['a', '10.42.0.1'], ['b', '10.42.0.2']]) {
+          db.prepare("INSERT INTO nodes (id, cluster_id, name, token_hash, overlay_ip, created_at, updated_at) VALUES (?, 'c', ?, ?, ?, 'x', 'x')").run(id, id, `h-${id}`, ip);
+        }
+      });
+      assert.equal(renderUnrenderedNodes(store), 2);
+      const rows = store.reader.prepare('SELECT config_index, config_sha256 FROM nodes ORDER BY id').all() as { config_index: number; config_sha256: string }[];
+      assert.ok(rows.every((r) => r.config_index > 0 && /^[0-9a-f]{64}$/.test(r.config_sha256)));
+      assert.equal(rows[0]!.config_index, rows[1]!.config_index, 'one write, one index');
+      assert.equal(renderUnrenderedNodes(store), 0);
+    } finally {
+      opened.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
