@@ -233,6 +233,24 @@ describe('per-node rendered config', () => {
     assert.match(rejected.output, /proto/i);
   });
 
+  it('the operator and an admin node can fetch a node’s render with ?node_id=; others cannot', async () => {
+    const own = await bundle(m.relay);
+    const op = await call(s.url, 'GET', `/api/v1/config/bundle?node_id=${m.relay.id}`, { headers: s.op });
+    assert.equal(op.status, 200);
+    assert.deepEqual(op.body, own.r.body);
+    const admin = await call(s.url, 'GET', `/api/v1/config/bundle?node_id=${m.relay.id}`, { headers: k.admin.headers });
+    assert.deepEqual(admin.body, own.r.body);
+    const self = await call(s.url, 'GET', `/api/v1/config/bundle?node_id=${m.plain.id}`, { headers: m.plain.headers });
+    assert.equal(self.status, 200);
+    const peer = await call(s.url, 'GET', `/api/v1/config/bundle?node_id=${m.relay.id}`, { headers: m.plain.headers });
+    assert.equal(peer.status, 403);
+    const cluster = await call(s.url, 'GET', `/api/v1/config/bundle?node_id=${m.relay.id}`, { headers: { 'x-nebulagc-cluster-token': k.clusterToken } });
+    assert.equal(cluster.status, 403);
+    const other = await seed(s);
+    const foreign = await call(s.url, 'GET', `/api/v1/config/bundle?node_id=${m.relay.id}`, { headers: other.admin.headers });
+    assert.equal(foreign.status, 404);
+  });
+
   it('operator and cluster tokens still get the uploaded template bundle', async () => {
     const op = await call(s.url, 'GET', `/api/v1/config/bundle?cluster_id=${k.clusterId}`, { headers: s.op });
     const files = await untarGz(op.body as Buffer);

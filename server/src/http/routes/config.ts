@@ -13,7 +13,8 @@ import {
 } from '../../domain/bundles.js';
 import { nodeBundle, nodeConfigState, type ServedBundle } from '../../domain/render/node-bundle.js';
 import { memo, type Store } from '../../domain/store.js';
-import { DomainError } from '../../domain/errors.js';
+import { DomainError, notFound } from '../../domain/errors.js';
+import { clusterOfNode } from '../../domain/nodes.js';
 import { idSchema } from '../../domain/validation.js';
 import type { App, AppContext, Deps } from '../context.js';
 import { validationFailed } from '../errors.js';
@@ -130,7 +131,13 @@ function versionBody(v: ConfigVersion): string {
 }
 
 const JSON_TYPE = { 'content-type': 'application/json' };
-const pollQuerySchema = z.object(clusterQuery);
+const bundleQuerySchema = z.object({
+  ...clusterQuery,
+  node_id: idSchema.optional().openapi({
+    param: { name: 'node_id', in: 'query' },
+    description: 'Operator or admin node: that node’s rendered bundle instead of the template',
+  }),
+});
 const versionQuerySchema = z.object({
   ...clusterQuery,
   index: indexSchema.optional().openapi({
@@ -211,17 +218,22 @@ export function registerConfigRoutes(app: App, { store, config, waiters }: Deps)
       security,
       summary: 'Download the current bundle: a node gets its own rendered one; honours If-None-Match with 304',
       description:
-        'A node token gets the tar.gz rendered for it (config.yml, ca.crt, host.crt; 409 NOT_ENROLLED before it enrolls), with `X-NebulaGC-Index`. Operator and cluster tokens get the uploaded template bundle.',
-      request: { query: pollQuerySchema },
+        'A node token gets the tar.gz rendered for it (config.yml, ca.crt, host.crt; 409 NOT_ENROLLED before it enrolls), with `X-NebulaGC-Index`. Operator and cluster tokens get the uploaded template bundle. `?node_id=` lets the operator or an admin node fetch another node’s render.',
+      request: { query: bundleQuerySchema },
       responses: {
         200: { content: gzipContent, description: 'The bundle (tar.gz), with ETag' },
         304: { description: 'Not modified' },
         ...errors,
       },
     }),
-    pollQuerySchema,
+    bundleQuerySchema,
     (c, q) => {
       const principal = c.get('principal');
+      if (q.node_id !== undefined && !(principal.kind === 'node' && principal.id === q.node_id)) {
+        const clusterId = requireClusterAdmin(principal, q.cluster_id ?? (principal.kind === 'operator' ? clusterOfNode(store, q.node_id) : undefined));
+        if (nodeConfigState(store, q.node_id).cluster_id !== clusterId) throw notFound('node');
+        return sendNodeBundle(c, store, q.node_id);
+      }
       const clusterId = clusterScope(principal, q.cluster_id);
       if (principal.kind === 'node') return sendNodeBundle(c, store, principal.id);
       return sendBundle(c, store, clusterId);
