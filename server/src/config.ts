@@ -65,6 +65,7 @@ export const envSchema = z.object({
   NEBULAGC_MAX_BODY_BYTES: positiveInt(64 * 1024),
   NEBULAGC_MAX_BUNDLE_BYTES: positiveInt(10 * 1024 * 1024),
   NEBULAGC_HEARTBEAT_FLUSH_MS: positiveInt(2000),
+  NEBULAGC_POLL_MAX_WAIT_MS: positiveInt(5 * 60 * 1000),
   NEBULAGC_TRUST_PROXY: bool.default(false),
   NEBULAGC_RATE_LIMIT_IP_RPS: nonNegative(100),
   NEBULAGC_RATE_LIMIT_IP_BURST: nonNegative(200),
@@ -106,6 +107,8 @@ export interface Config {
   maxBodyBytes: number;
   maxBundleBytes: number;
   heartbeatFlushMs: number;
+  /** Cap (and default) of a blocking poll's `wait`. */
+  pollMaxWaitMs: number;
   trustProxy: boolean;
   rateLimits: { ip: RateLimit; node: RateLimit; cluster: RateLimit };
   pki: { nebulaCertBin: string; caLifetimeS: number; certLifetimeS: number };
@@ -197,6 +200,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
     maxBodyBytes: e.NEBULAGC_MAX_BODY_BYTES,
     maxBundleBytes: e.NEBULAGC_MAX_BUNDLE_BYTES,
     heartbeatFlushMs: e.NEBULAGC_HEARTBEAT_FLUSH_MS,
+    pollMaxWaitMs: e.NEBULAGC_POLL_MAX_WAIT_MS,
     trustProxy: e.NEBULAGC_TRUST_PROXY,
     rateLimits: {
       ip: { rps: e.NEBULAGC_RATE_LIMIT_IP_RPS, burst: e.NEBULAGC_RATE_LIMIT_IP_BURST },

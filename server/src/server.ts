@@ -12,6 +12,8 @@ import { NebulaCert } from './domain/nebula-cert.js';
 import { bootstrapOperatorToken, type BootstrapResult } from './domain/operator.js';
 import type { Store } from './domain/store.js';
 import { HaRole } from './ha/role.js';
+import { renderUnrenderedNodes } from './domain/render/versions.js';
+import { VersionWaiters } from './http/blocking/version-waiters.js';
 import { createApp } from './http/app.js';
 import { Metrics } from './http/metrics.js';
 import { localRegistrar, remoteRegistrar } from './lighthouse/registrar.js';
@@ -71,6 +73,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         log,
       );
     }
+    const rendered = renderUnrenderedNodes(store);
+    if (rendered > 0) log.info({ nodes: rendered }, 'rendered per-node config versions for existing nodes');
     bootstrap = bootstrapOperatorToken(store, config.adminToken);
     if (bootstrap.status === 'existing' && bootstrap.envTokenIgnored) {
       log.warn('NEBULAGC_ADMIN_TOKEN ignored: the database already has an operator token (it seeds only an empty database)');
@@ -78,6 +82,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   }
 
   const metrics = new Metrics({ dbPath: config.dbPath, writer: store.writer });
+  const waiters = new VersionWaiters(store);
+  // Registered after openStore's own hook, so the caches have already forgotten when waiters re-read.
+  store.writer.onCommit(() => waiters.changed());
   const role = new HaRole(config.haMode, rep.advertiseUrl, rep.masterUrl, master);
 
   if (config.haMode === 'replica') {
@@ -89,6 +96,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         onCopyChanged: (available) => useCopy!(available),
         onApplied: (pos, txs, bytes, commitTimesMs) => {
           store.changes.bump();
+          waiters.changed();
           const now = performance.timeOrigin + performance.now();
           for (const t of commitTimesMs) metrics.replicationApplyLag.observe(Math.max(0, now - t) / 1000);
           metrics.replicationTransactions.inc(txs);
@@ -116,7 +124,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     client ? forwardHeartbeats(client, log, (): HeartbeatCoalescer => heartbeats) : undefined,
   );
   heartbeats.start();
-  metrics.watch({ heartbeats, role });
+  metrics.watch({ heartbeats, role, waiters });
   if (master) {
     master.events.onTransactions = (txs) => {
       metrics.replicationTransactions.inc(txs.length);
@@ -138,7 +146,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     onCrash: () => metrics.lighthouseRestarts.inc(),
   });
   metrics.watchLighthouses(() => lighthouses.runningCount);
-  const app = createApp({ config, store, heartbeats, metrics, log, role, lighthouses });
+  const app = createApp({ config, store, heartbeats, metrics, log, role, lighthouses, waiters });
   const server = await listen(config, app.fetch);
   const { port } = server.address() as AddressInfo;
   const host = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host;
@@ -151,6 +159,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
     (closing ??= new Promise<void>((resolve) => {
+      waiters.close();
       const force = setTimeout(() => server.closeAllConnections(), SHUTDOWN_GRACE_MS);
       server.close(() => {
         clearTimeout(force);

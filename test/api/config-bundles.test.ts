@@ -15,6 +15,12 @@ describe('config bundles', () => {
   });
   after(() => s.stop());
 
+  // A node token gets its own rendered bundle (render.test.ts); the template is what the cluster token sees.
+  let template: Record<string, string>;
+  before(() => {
+    template = { 'x-nebulagc-cluster-token': k.clusterToken };
+  });
+
   const upload = (data: Buffer, headers = k.admin.headers, contentType = 'application/gzip') =>
     call(s.url, 'POST', '/api/v1/config/bundle', { headers, raw: data, contentType });
 
@@ -28,7 +34,7 @@ describe('config bundles', () => {
   };
 
   it('a node sees 404 before any bundle exists', async () => {
-    const r = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: k.node.headers });
+    const r = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: template });
     assert.equal(r.status, 404);
     const v = await call(s.url, 'GET', '/api/v1/config/version', { headers: k.node.headers });
     assert.equal(v.body.bundle_version, null);
@@ -50,32 +56,32 @@ describe('config bundles', () => {
     assert.equal(v.body.bundle_version, 1);
     assert.equal(v.body.bundle_sha256, sha);
 
-    const got = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: k.node.headers });
+    const got = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: template });
     assert.equal(got.status, 200);
     assert.equal(got.headers.get('content-type'), 'application/gzip');
     assert.equal(got.headers.get('etag'), `"${sha}"`);
     assert.deepEqual(got.body, data);
 
     const etag = got.headers.get('etag')!;
-    const cached = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: { ...k.node.headers, 'if-none-match': etag } });
+    const cached = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: { ...template, 'if-none-match': etag } });
     assert.equal(cached.status, 304);
     assert.equal(cached.headers.get('etag'), etag);
     assert.equal((cached.body as Buffer).length, 0);
     const weakInList = await call(s.url, 'GET', '/api/v1/config/bundle', {
-      headers: { ...k.node.headers, 'if-none-match': `"other", W/${etag}` },
+      headers: { ...template, 'if-none-match': `"other", W/${etag}` },
     });
     assert.equal(weakInList.status, 304);
-    const stale = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: { ...k.node.headers, 'if-none-match': '"stale"' } });
+    const stale = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: { ...template, 'if-none-match': '"stale"' } });
     assert.equal(stale.status, 200);
   });
 
   it('a new version changes the ETag, and the old ETag no longer gets 304', async () => {
-    const first = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: k.node.headers });
+    const first = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: template });
     const oldTag = first.headers.get('etag')!;
     const up = await upload(await validBundle([], 'pki:\n  ca: ca.crt\ntun:\n  mtu: 1400\n'));
     assert.equal(up.status, 201);
     assert.equal(up.body.version, 2);
-    const r = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: { ...k.node.headers, 'if-none-match': oldTag } });
+    const r = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: { ...template, 'if-none-match': oldTag } });
     assert.equal(r.status, 200);
     assert.notEqual(r.headers.get('etag'), oldTag);
     assert.equal(r.headers.get('x-nebulagc-bundle-version'), '2');

@@ -63,7 +63,7 @@ describe('scope enforcement across tenants and clusters', () => {
     assert.equal(list.status, 403);
     const up = await call(s.url, 'POST', `/api/v1/config/bundle?cluster_id=${b.clusterId}`, { headers: a.admin.headers, raw: await validBundle() });
     assert.equal(up.status, 403);
-    const own = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: a.node.headers });
+    const own = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: { 'x-nebulagc-cluster-token': a.clusterToken } });
     assert.equal(own.status, 404, 'cluster A has no bundle; B’s must not leak');
   });
 

@@ -1,5 +1,7 @@
 import path from 'node:path';
 import { validBundle } from '../helpers/bundle.js';
+import { NebulaHost } from '../helpers/nebula.js';
+import { call } from '../helpers/server.js';
 import { isEntryPoint } from './entry.js';
 import {
   api,
@@ -26,6 +28,7 @@ const SECONDS = { warmup: 2, run: 8 };
  */
 export async function runPollBench(): Promise<boolean> {
   const tmp = tempDir();
+  const host = new NebulaHost();
   const children: Child[] = [];
   try {
     const server = await startServer(path.join(tmp.dir, 'nebulagc.db'));
@@ -37,16 +40,18 @@ export async function runPollBench(): Promise<boolean> {
     const { clusterId } = await createTenantAndCluster(server.url);
     const node = await api<{ token: string }>(server.url, 'POST', '/api/v1/nodes', 201, {
       headers: OPERATOR,
-      json: { cluster_id: clusterId, name: 'poller' },
+      json: { cluster_id: clusterId, name: 'poller', overlay_ip: '10.42.0.9' },
     });
-    const bundleUrl = `/api/v1/config/bundle?cluster_id=${clusterId}`;
-    const uploaded = await api<{ sha256: string }>(server.url, 'POST', bundleUrl, 201, {
+    await api(server.url, 'POST', `/api/v1/config/bundle?cluster_id=${clusterId}`, 201, {
       headers: OPERATOR,
       raw: await validBundle(),
       contentType: 'application/gzip',
     });
     const nodeHeaders = { 'x-nebulagc-node-token': node.token };
-    const pollHeaders = { ...nodeHeaders, 'if-none-match': `"${uploaded.sha256}"` };
+    // A node token gets its own rendered bundle, which needs a certificate: enroll as a daemon would.
+    await api(server.url, 'POST', '/api/v1/enroll', 200, { headers: nodeHeaders, json: { public_key: host.keygen().publicKey } });
+    const etag = (await call(server.url, 'GET', '/api/v1/config/bundle', { headers: nodeHeaders })).headers.get('etag')!;
+    const pollHeaders = { ...nodeHeaders, 'if-none-match': etag };
     // One request of each kind first, so a setup mistake fails loudly instead of as a fast 4xx.
     await api(server.url, 'GET', '/api/v1/config/version', 200, { headers: nodeHeaders });
     await api(server.url, 'GET', '/api/v1/config/bundle', 304, { headers: pollHeaders });
@@ -98,6 +103,7 @@ export async function runPollBench(): Promise<boolean> {
     return bad.length === 0;
   } finally {
     for (const child of children) await child.stop();
+    host.cleanup();
     tmp.remove();
   }
 }

@@ -1,6 +1,8 @@
 import os from 'node:os';
+import { runBlockingBench } from './blocking.js';
 import { isEntryPoint } from './entry.js';
 import { runPollBench } from './polls.js';
+import { runRenderBench } from './render.js';
 import { runReplicationBench } from './replication.js';
 import { runWriteBench } from './writes.js';
 
@@ -12,5 +14,7 @@ if (isEntryPoint(import.meta.url)) {
   const pollsOk = await runPollBench();
   const writesOk = await runWriteBench();
   const replicationOk = await runReplicationBench();
-  if (!pollsOk || !writesOk || !replicationOk) process.exitCode = 1;
+  const renderOk = await runRenderBench();
+  const blockingOk = await runBlockingBench();
+  if (!pollsOk || !writesOk || !replicationOk || !renderOk || !blockingOk) process.exitCode = 1;
 }

@@ -82,7 +82,7 @@ describe('overlay end to end (network namespaces, real nebula, real daemon)', { 
     for (const h of hosts) want.set(h, await nodeVersion(h));
     return waitUntil(() => hosts.every((h) => {
       const s = status(h);
-      return s?.applied_version === want.get(h) && s.nebula_pid !== null;
+      return s !== undefined && s.applied_version === want.get(h) && s.nebula_pid !== null;
     }), timeoutMs, 20);
   }
 

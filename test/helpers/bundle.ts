@@ -1,4 +1,4 @@
-import { gzipSync } from 'node:zlib';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 
 export interface Entry {
@@ -36,3 +36,24 @@ export async function makeTarGz(entries: Entry[]): Promise<Buffer> {
 
 export const validBundle = (extra: Entry[] = [], config = CONFIG_YML): Promise<Buffer> =>
   makeTarGz([{ name: 'config.yml', content: config }, { name: 'ca.crt', content: CA_PEM }, ...extra]);
+
+/** The regular files of a tar.gz, by name. */
+export async function untarGz(data: Buffer): Promise<Map<string, Buffer>> {
+  const files = new Map<string, Buffer>();
+  const extract = tar.extract();
+  extract.on('entry', (header, stream, next) => {
+    const parts: Buffer[] = [];
+    stream.on('data', (c: unknown) => parts.push(c as Buffer));
+    stream.on('end', () => {
+      if (header.type === 'file') files.set(header.name, Buffer.concat(parts));
+      next();
+    });
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    extract.on('finish', resolve);
+    extract.on('error', reject);
+  });
+  extract.end(gunzipSync(data));
+  await done;
+  return files;
+}

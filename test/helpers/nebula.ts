@@ -37,6 +37,19 @@ export class NebulaHost {
     return { cert: this.read(`${name}.crt`), key: this.read(`${name}.key`) };
   }
 
+  /**
+   * Runs the real `nebula -test` on a rendered bundle, as the daemon does before applying it:
+   * config.yml, ca.crt and host.crt side by side with the key from `keygen(keyName)`, in a
+   * directory of their own (the config names its pki files relative to it).
+   */
+  nebulaTest(files: Map<string, Buffer>, keyName = 'host'): { status: number | null; output: string } {
+    const dir = mkdtempSync(path.join(this.dir, 'render-'));
+    for (const [name, content] of files) writeFileSync(path.join(dir, name), content);
+    writeFileSync(path.join(dir, 'host.key'), this.read(`${keyName}.key`));
+    const r = spawnSync('nebula', ['-test', '-config', 'config.yml'], { cwd: dir, encoding: 'utf8', timeout: 20_000 });
+    return { status: r.status, output: `${r.stdout}${r.stderr}` };
+  }
+
   cleanup(): void {
     rmSync(this.dir, { recursive: true, force: true });
   }

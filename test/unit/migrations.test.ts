@@ -47,9 +47,9 @@ describe('migrate', () => {
       assert.deepEqual(r.applied, migrations.map((m) => m.version));
       assert.equal(db.pragma('user_version', { simple: true }), LATEST_SCHEMA_VERSION);
 
-      assert.deepEqual(names(db, 'table'), ['builtin_lighthouses', 'clusters', 'config_bundles', 'nodes', 'operator_tokens', 'revoked_certs', 'schema_migrations', 'tenants']);
+      assert.deepEqual(names(db, 'table'), ['builtin_lighthouses', 'clusters', 'config_bundles', 'nodes', 'operator_tokens', 'render_index', 'revoked_certs', 'schema_migrations', 'tenants']);
       const indexes = names(db, 'index');
-      for (const idx of ['nodes_cluster_lighthouse', 'nodes_cluster_relay', 'nodes_cert_fingerprint', 'revoked_certs_expiry']) {
+      for (const idx of ['nodes_cluster_lighthouse', 'nodes_cluster_relay', 'nodes_cert_fingerprint', 'revoked_certs_expiry', 'nodes_config_index']) {
         assert.ok(indexes.includes(idx), `missing index ${idx}`);
       }
 

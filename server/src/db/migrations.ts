@@ -108,7 +108,10 @@ export const migrations: Migration[] = [
   },
   {
     version: 3,
-    name: 'rendered node configs and built-in lighthouses',
+    name: 'built-in lighthouses; per-node rendered config versions',
+    // config_index is taken from render_index, one counter for the whole database (as Consul's
+    // raft index), so "which nodes moved since index X" is one range scan after each commit.
+    // config_sha256 is the hash of the node's rendered content; NULL until first rendered.
     sql: `
       ALTER TABLE clusters ADD COLUMN provide_lighthouse INTEGER NOT NULL DEFAULT 0 CHECK (provide_lighthouse IN (0, 1));
       CREATE TABLE builtin_lighthouses (
@@ -124,6 +127,15 @@ export const migrations: Migration[] = [
         PRIMARY KEY (cluster_id, server_id),
         UNIQUE (cluster_id, overlay_ip)
       ) WITHOUT ROWID;
+
+      ALTER TABLE nodes ADD COLUMN config_index INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE nodes ADD COLUMN config_sha256 TEXT;
+      CREATE INDEX nodes_config_index ON nodes (config_index);
+      CREATE TABLE render_index (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+      );
+      INSERT INTO render_index (id, value) VALUES (1, 0);
     `,
   },
 ];

@@ -1,5 +1,6 @@
 import { stmt, type Db } from '../db/connection.js';
 import { conflict, notFound, rethrowUnique } from './errors.js';
+import { refreshNodeVersions } from './render/versions.js';
 import { open, seal } from './secret-box.js';
 import { newId, sqlBool, type Page, type Store } from './store.js';
 import { generateToken, hashToken } from './tokens.js';
@@ -31,11 +32,16 @@ const SELECT = `SELECT id, tenant_id, name, lighthouse_port, provide_lighthouse,
 type Row = Omit<Cluster, 'has_ca_key' | 'provide_lighthouse'> & { has_ca_key: number; provide_lighthouse: number };
 const toCluster = (r: Row): Cluster => ({ ...r, has_ca_key: r.has_ca_key === 1, provide_lighthouse: r.provide_lighthouse === 1 });
 
-/** Every change that can alter what a daemon renders bumps this, inside the same transaction. */
+/**
+ * Every change that can alter what a daemon renders bumps this, inside the same transaction.
+ * The same transaction re-renders the cluster's nodes, so each node's own version moves only
+ * when its output did, and replicas receive the versions instead of rendering on apply.
+ */
 export function bumpConfigVersion(db: Db, clusterId: string, now: string): number {
   const row = stmt(db, 'UPDATE clusters SET config_version = config_version + 1, updated_at = ? WHERE id = ? RETURNING config_version')
     .get(now, clusterId) as { config_version: number } | undefined;
   if (!row) throw notFound('cluster');
+  refreshNodeVersions(db, clusterId);
   return row.config_version;
 }
 

@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'STALE_REPLICA'
   | 'SNAPSHOT_REQUIRED'
   | 'PKI_UNAVAILABLE'
+  | 'NOT_ENROLLED'
   | 'INTERNAL';
 
 /** A rule was broken. Carries no HTTP; the http layer maps the code to a status. */

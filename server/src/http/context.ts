@@ -7,6 +7,7 @@ import type { Principal } from '../domain/auth.js';
 import type { Store } from '../domain/store.js';
 import type { LighthouseSupervisor } from '../lighthouse/supervisor.js';
 import type { Logger } from '../log.js';
+import type { VersionWaiters } from './blocking/version-waiters.js';
 import type { Metrics } from './metrics.js';
 
 export interface AppEnv {
@@ -30,4 +31,6 @@ export interface Deps {
   log: Logger;
   role: HaRole;
   lighthouses: LighthouseSupervisor;
+  /** Blocking config polls held until a node's version moves. */
+  waiters: VersionWaiters;
 }

@@ -25,6 +25,7 @@ const STATUS: Record<ErrorCode, ContentfulStatusCode> = {
   STALE_REPLICA: 503,
   SNAPSHOT_REQUIRED: 409,
   PKI_UNAVAILABLE: 503,
+  NOT_ENROLLED: 409,
   INTERNAL: 500,
 };
 

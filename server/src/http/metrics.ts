@@ -3,6 +3,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { Writer } from '../db/writer.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { HaRole } from '../ha/role.js';
+import type { VersionWaiters } from './blocking/version-waiters.js';
 
 export interface MetricSources {
   dbPath: string;
@@ -179,8 +180,16 @@ export class Metrics {
   }
 
   /** Gauges read at scrape time from the heartbeat coalescer and the HA role. */
-  watch({ heartbeats, role }: { heartbeats: HeartbeatCoalescer; role: HaRole }): void {
+  watch({ heartbeats, role, waiters }: { heartbeats: HeartbeatCoalescer; role: HaRole; waiters: VersionWaiters }): void {
     const registers = [this.registry];
+    new Gauge({
+      name: 'nebulagc_blocking_polls_held',
+      help: 'Blocking config polls (GET /api/v1/config/version?index=) held open right now',
+      registers,
+      collect() {
+        this.set(waiters.held);
+      },
+    });
     new Counter({
       name: 'nebulagc_heartbeats_received_total',
       help: 'Node heartbeats accepted into the coalescer',

@@ -64,6 +64,8 @@ export const configVersionSchema = z
     config_version: z.number().int(),
     bundle_version: z.number().int().nullable(),
     bundle_sha256: z.string().nullable(),
+    version: z.number().int().optional().openapi({ description: 'Node token only: the node’s rendered-config version (= X-NebulaGC-Index)' }),
+    sha256: z.string().nullable().optional().openapi({ description: 'Node token only: sha256 of the node’s bundle; null before it enrolls' }),
   })
   .openapi('ConfigVersion');
 

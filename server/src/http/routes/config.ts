@@ -11,12 +11,15 @@ import {
   type BundleMeta,
   type ConfigVersion,
 } from '../../domain/bundles.js';
-import type { Store } from '../../domain/store.js';
-import { DomainError } from '../../domain/errors.js';
+import { nodeBundle, nodeConfigState, type ServedBundle } from '../../domain/render/node-bundle.js';
+import { memo, type Store } from '../../domain/store.js';
+import { DomainError, notFound } from '../../domain/errors.js';
+import { clusterOfNode } from '../../domain/nodes.js';
 import { idSchema } from '../../domain/validation.js';
 import type { App, AppContext, Deps } from '../context.js';
 import { validationFailed } from '../errors.js';
 import { reply } from '../middleware/request-id.js';
+import { holdMs, indexSchema, waitSchema } from '../blocking/wait-param.js';
 import { bundleMetaSchema, configVersionSchema, errors, ok, pageQuery, security } from '../schemas.js';
 
 const tags = ['Config'];
@@ -73,6 +76,48 @@ function sendBundle(c: AppContext, store: Store, clusterId: string, version?: nu
   });
 }
 
+const servedHeaders = new WeakMap<ServedBundle, BundleHeaders & { 'x-nebulagc-index': string }>();
+
+/** A node's own rendered bundle (config.yml, ca.crt, host.crt), built once per node version. */
+function sendNodeBundle(c: AppContext, store: Store, nodeId: string): Response {
+  const served = nodeBundle(store, nodeId);
+  let headers = servedHeaders.get(served);
+  if (!headers) {
+    const version = String(served.version);
+    headers = {
+      etag: `"${served.sha256}"`,
+      'cache-control': 'private, no-cache',
+      'x-nebulagc-bundle-version': version,
+      'x-nebulagc-bundle-sha256': served.sha256,
+      'x-nebulagc-index': version,
+    };
+    servedHeaders.set(served, headers);
+  }
+  if (etagMatches(c.req.header('if-none-match'), headers.etag)) return reply(c, null, 304, headers);
+  const { body } = served;
+  return reply(c, new Uint8Array(body.buffer as ArrayBuffer, body.byteOffset, body.byteLength), 200, {
+    ...headers,
+    'content-type': 'application/gzip',
+  });
+}
+
+/** The version poll as a node sees it: the cluster's fields plus its own version and bundle sha256. */
+function nodeVersionReply(store: Store, nodeId: string, clusterId: string): { body: string; headers: Record<string, string> } {
+  return memo(store, `node-version-reply:${nodeId}`, () => {
+    const state = nodeConfigState(store, nodeId);
+    let sha256: string | null = null;
+    try {
+      sha256 = nodeBundle(store, nodeId).sha256;
+    } catch (err) {
+      if (!(err instanceof DomainError && err.code === 'NOT_ENROLLED')) throw err;
+    }
+    return {
+      body: JSON.stringify({ ...getConfigVersion(store, clusterId), version: state.version, sha256 }),
+      headers: { ...JSON_TYPE, 'x-nebulagc-index': String(state.version) },
+    };
+  });
+}
+
 // The same for the config version, serialized once per cached object.
 const versionJson = new WeakMap<ConfigVersion, string>();
 
@@ -86,7 +131,26 @@ function versionBody(v: ConfigVersion): string {
 }
 
 const JSON_TYPE = { 'content-type': 'application/json' };
-const pollQuerySchema = z.object(clusterQuery);
+const bundleQuerySchema = z.object({
+  ...clusterQuery,
+  node_id: idSchema.optional().openapi({
+    param: { name: 'node_id', in: 'query' },
+    description: 'Operator or admin node: that node’s rendered bundle instead of the template',
+  }),
+});
+const versionQuerySchema = z.object({
+  ...clusterQuery,
+  index: indexSchema.optional().openapi({
+    param: { name: 'index', in: 'query' },
+    type: 'integer',
+    description: 'Blocking poll (node token): hold the request until the node’s version differs from this',
+  }),
+  wait: waitSchema.optional().openapi({
+    param: { name: 'wait', in: 'query' },
+    type: 'string',
+    description: 'Longest hold, e.g. 500ms, 30s, 5m (capped by NEBULAGC_POLL_MAX_WAIT_MS, its default); up to wait/16 of jitter is added',
+  }),
+});
 
 /**
  * The daemon polls are registered for the OpenAPI document as usual, but served by a plain
@@ -94,23 +158,34 @@ const pollQuerySchema = z.object(clusterQuery);
  * new objects) costs more than the rest of the poll. The query is checked here with the same
  * schema, the same way, and only when there is one; daemons send none.
  */
-function pollRoute(
+function pollRoute<S extends z.ZodType<{ cluster_id?: string | undefined }>>(
   app: App,
   route: RouteConfig & { method: 'get' },
-  handler: (c: AppContext, clusterId: string | undefined) => Response,
+  schema: S,
+  handler: (c: AppContext, query: Partial<z.output<S>>) => Response | Promise<Response>,
 ): void {
   app.openAPIRegistry.registerPath(route);
   app.get(route.path, (c) => {
-    if (!c.req.url.includes('?')) return handler(c, undefined);
+    if (!c.req.url.includes('?')) return handler(c, {});
     const query = Object.fromEntries(Object.entries(c.req.queries()).map(([k, v]) => [k, v.length === 1 ? v[0] : v]));
-    const parsed = pollQuerySchema.safeParse(query);
+    const parsed = schema.safeParse(query);
     if (!parsed.success) return validationFailed(c, parsed.error);
-    return handler(c, parsed.data.cluster_id);
+    return handler(c, parsed.data);
   });
 }
 
-export function registerConfigRoutes(app: App, { store, config }: Deps): void {
+export function registerConfigRoutes(app: App, { store, config, waiters }: Deps): void {
   const limits = defaultBundleLimits(config.maxBundleBytes);
+
+  /** A blocking poll is held only while the node's version is still the one the client has. */
+  const versionForNode = (c: AppContext, nodeId: string, clusterId: string, index?: number, wait?: number): Response | Promise<Response> => {
+    const answer = (): Response => {
+      const { body, headers } = nodeVersionReply(store, nodeId, clusterId);
+      return reply(c, body, 200, headers);
+    };
+    if (index === undefined || nodeConfigState(store, nodeId).version !== index) return answer();
+    return waiters.wait(nodeId, index, performance.now() + holdMs(wait, config.pollMaxWaitMs), c.req.raw.signal).then(answer);
+  };
 
   pollRoute(
     app,
@@ -119,12 +194,19 @@ export function registerConfigRoutes(app: App, { store, config }: Deps): void {
       path: '/api/v1/config/version',
       tags,
       security,
-      summary: 'The cluster’s config version, for daemons to poll',
-      request: { query: pollQuerySchema },
+      summary: 'The config version, for daemons to poll; with a node token, the node’s own version, and blocking with ?index=',
+      description:
+        'With a node token the answer carries `version` (the node’s rendered-config version, also in `X-NebulaGC-Index`) and `sha256` (of its bundle). `?index=N&wait=30s` answers at once when the version differs from N, else holds the request until it changes or the wait runs out; 200 either way.',
+      request: { query: versionQuerySchema },
       responses: { 200: ok(configVersionSchema, 'Current version'), ...errors },
     }),
-    (c, clusterId) =>
-      reply(c, versionBody(getConfigVersion(store, clusterScope(c.get('principal'), clusterId))), 200, JSON_TYPE),
+    versionQuerySchema,
+    (c, q) => {
+      const principal = c.get('principal');
+      const clusterId = clusterScope(principal, q.cluster_id);
+      if (principal.kind === 'node') return versionForNode(c, principal.id, clusterId, q.index, q.wait);
+      return reply(c, versionBody(getConfigVersion(store, clusterId)), 200, JSON_TYPE);
+    },
   );
 
   pollRoute(
@@ -134,15 +216,28 @@ export function registerConfigRoutes(app: App, { store, config }: Deps): void {
       path: '/api/v1/config/bundle',
       tags,
       security,
-      summary: 'Download the current bundle; honours If-None-Match with 304',
-      request: { query: pollQuerySchema },
+      summary: 'Download the current bundle: a node gets its own rendered one; honours If-None-Match with 304',
+      description:
+        'A node token gets the tar.gz rendered for it (config.yml, ca.crt, host.crt; 409 NOT_ENROLLED before it enrolls), with `X-NebulaGC-Index`. Operator and cluster tokens get the uploaded template bundle. `?node_id=` lets the operator or an admin node fetch another node’s render.',
+      request: { query: bundleQuerySchema },
       responses: {
         200: { content: gzipContent, description: 'The bundle (tar.gz), with ETag' },
         304: { description: 'Not modified' },
         ...errors,
       },
     }),
-    (c, clusterId) => sendBundle(c, store, clusterScope(c.get('principal'), clusterId)),
+    bundleQuerySchema,
+    (c, q) => {
+      const principal = c.get('principal');
+      if (q.node_id !== undefined && !(principal.kind === 'node' && principal.id === q.node_id)) {
+        const clusterId = requireClusterAdmin(principal, q.cluster_id ?? (principal.kind === 'operator' ? clusterOfNode(store, q.node_id) : undefined));
+        if (nodeConfigState(store, q.node_id).cluster_id !== clusterId) throw notFound('node');
+        return sendNodeBundle(c, store, q.node_id);
+      }
+      const clusterId = clusterScope(principal, q.cluster_id);
+      if (principal.kind === 'node') return sendNodeBundle(c, store, principal.id);
+      return sendBundle(c, store, clusterId);
+    },
   );
 
   app.openapi(

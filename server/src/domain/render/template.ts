@@ -1,0 +1,71 @@
+import YAML from 'yaml';
+import { readTarGzFile } from './tar.js';
+
+export type ConfigMap = { [key: string]: unknown };
+
+/**
+ * What a cluster renders from before any bundle is uploaded: a working host that lets every
+ * certificate of the cluster's CA reach it (the CA is the cluster's own, so "any" means "any
+ * member"). Operators narrow the firewall by uploading a template.
+ */
+export const DEFAULT_TEMPLATE: ConfigMap = deepFreeze<ConfigMap>({
+  listen: { host: '0.0.0.0', port: 0 },
+  punchy: { punch: true },
+  lighthouse: { am_lighthouse: false, interval: 60, hosts: [] },
+  tun: { disabled: false, dev: 'nebula1', drop_local_broadcast: false, drop_multicast: false, tx_queue: 500, mtu: 1300 },
+  logging: { level: 'info', format: 'text' },
+  firewall: {
+    conntrack: { tcp_timeout: '12m', udp_timeout: '3m', default_timeout: '10m' },
+    outbound: [{ port: 'any', proto: 'any', host: 'any' }],
+    inbound: [{ port: 'any', proto: 'any', host: 'any' }],
+  },
+});
+
+export interface TemplateSource {
+  clusterId: string;
+  bundleVersion: number;
+  sha256: string;
+  /** Only called on a cache miss: reading the blob is the expensive part. */
+  load(): Buffer;
+}
+
+const MAX_CACHED = 64;
+const MAX_UNPACKED_BYTES = 256 * 1024 * 1024;
+const cache = new Map<string, ConfigMap>();
+
+/**
+ * The parsed config.yml of a cluster's bundle. A stored bundle version never changes, so the
+ * parse is kept per (cluster, version, sha256): every write re-renders the cluster, and a
+ * 10 MiB bundle must not be gunzipped each time.
+ */
+export function templateOf(source: TemplateSource | undefined): ConfigMap {
+  if (!source) return DEFAULT_TEMPLATE;
+  const key = `${source.clusterId}\0${source.bundleVersion}\0${source.sha256}`;
+  const hit = cache.get(key);
+  if (hit) {
+    cache.delete(key);
+    cache.set(key, hit);
+    return hit;
+  }
+  const parsed = parseTemplate(source.load());
+  cache.set(key, parsed);
+  if (cache.size > MAX_CACHED) cache.delete(cache.keys().next().value!);
+  return parsed;
+}
+
+export function parseTemplate(bundle: Buffer): ConfigMap {
+  const raw = readTarGzFile(bundle, 'config.yml', MAX_UNPACKED_BYTES);
+  if (!raw) return DEFAULT_TEMPLATE;
+  const value: unknown = YAML.parse(raw.toString('utf8'));
+  return isMap(value) ? deepFreeze(value) : DEFAULT_TEMPLATE;
+}
+
+export const isMap = (v: unknown): v is ConfigMap => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object') {
+    for (const child of Object.values(v)) deepFreeze(child);
+    Object.freeze(v);
+  }
+  return v;
+}
