@@ -16,7 +16,7 @@ import {
   testConfig,
   verifyBundle,
 } from './release.js';
-import { AllServersDown, ServerPool, describeFailure, errorCodeOf, jsonOf } from './server-pool.js';
+import { AllServersDown, BodyTooLarge, ServerPool, describeFailure, errorCodeOf, jsonOf, type Reply } from './server-pool.js';
 import type { ClusterStatus } from './status.js';
 import { Supervisor } from './supervisor.js';
 
@@ -208,7 +208,16 @@ export class ClusterAgent {
   private async fetchAndApply(version: number): Promise<void> {
     const active = activeRelease(this.cluster.configDir);
     const headers: Record<string, string> = active ? { 'if-none-match': `"${active}"` } : {};
-    const reply = await this.pool.request('GET', '/api/v1/config/bundle', { headers, maxBodyBytes: this.config.maxBundleBytes });
+    let reply: Reply;
+    try {
+      reply = await this.pool.request('GET', '/api/v1/config/bundle', { headers, maxBodyBytes: this.config.maxBundleBytes });
+    } catch (err) {
+      if (!(err instanceof BodyTooLarge)) throw err;
+      const sha = announcedSha(err.headers);
+      if (sha === null) throw err;
+      this.reject(new BundleRejected(sha, `bundle too large: ${err.message}`), version);
+      return;
+    }
     if (reply.status === 304) {
       this.status.applied_version = version;
       return;
@@ -241,14 +250,18 @@ export class ClusterAgent {
       await this.supervisor.restart();
     } catch (err) {
       if (!(err instanceof BundleRejected) || !err.permanent) throw err;
-      this.rejected.add(err.sha256);
-      this.status.rejected_sha256 = err.sha256;
-      this.status.last_poll_result = 'rejected';
-      this.recordError(err.message);
-      this.log.error({ version: bundleVersion, sha256: err.sha256, err: err.message }, 'bundle rejected; the current config keeps running');
+      this.reject(err, bundleVersion);
     } finally {
       pruneReleases(this.cluster.configDir, [activeRelease(this.cluster.configDir), this.previousRelease]);
     }
+  }
+
+  private reject(err: BundleRejected, version: number): void {
+    this.rejected.add(err.sha256);
+    this.status.rejected_sha256 = err.sha256;
+    this.status.last_poll_result = 'rejected';
+    this.recordError(err.message);
+    this.log.error({ version, sha256: err.sha256, err: err.message }, 'bundle rejected; the current config keeps running');
   }
 
   private recordError(message: string): void {

@@ -31,6 +31,16 @@ export class AllServersDown extends Error {
   }
 }
 
+/** The server answered, but with a body over the caller's limit; it was not read to the end. */
+export class BodyTooLarge extends Error {
+  constructor(
+    readonly headers: Headers,
+    limit: number,
+  ) {
+    super(`the reply exceeds ${limit} bytes`);
+  }
+}
+
 interface ServerState {
   url: string;
   backoff: Backoff;
@@ -81,7 +91,7 @@ export class ServerPool {
         this.succeeded(server);
         return reply;
       } catch (err) {
-        if (err instanceof DomainError) {
+        if (err instanceof BodyTooLarge) {
           this.succeeded(server);
           throw err;
         }
@@ -129,7 +139,14 @@ export class ServerPool {
         continue;
       }
       const limit = opts.maxBodyBytes ?? 1024 * 1024;
-      const data = res.body ? await readLimited(res.body as unknown as AsyncIterable<Uint8Array>, limit) : Buffer.alloc(0);
+      let data: Buffer = Buffer.alloc(0);
+      try {
+        if (res.body) data = await readLimited(res.body as unknown as AsyncIterable<Uint8Array>, limit);
+      } catch (err) {
+        if (!(err instanceof DomainError)) throw err;
+        await res.body?.cancel().catch(() => undefined);
+        throw new BodyTooLarge(res.headers, limit);
+      }
       return { status: res.status, headers: res.headers, body: data, server: base };
     }
   }
