@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { runDaemonIdleBench } from './daemon-idle.js';
 import { isEntryPoint } from './entry.js';
 import { runPollBench } from './polls.js';
 import { runReplicationBench } from './replication.js';
@@ -12,5 +13,6 @@ if (isEntryPoint(import.meta.url)) {
   const pollsOk = await runPollBench();
   const writesOk = await runWriteBench();
   const replicationOk = await runReplicationBench();
+  await runDaemonIdleBench();
   if (!pollsOk || !writesOk || !replicationOk) process.exitCode = 1;
 }

@@ -73,6 +73,21 @@ describe('daemon: polling modes, failover and supervision', () => {
     assert.equal(back.server, b.url);
   });
 
+  it('starts nebula on the last applied config when restarted with every server down', async () => {
+    const c = new FakeCluster();
+    const a = new FakeServer(c);
+    const d = await setup([a]);
+    const up = await waitForStatus(d, (s) => s.nebula_pid !== null && s.applied_sha256 !== null, 'running');
+    await a.stop();
+    assert.equal(await d.stop(), 0);
+    assert.ok(!processAlive(up.nebula_pid!));
+    const again = startDaemon([a.url], {}, { state_dir: d.stateDir, config_dir: d.configDir });
+    cleanups.push(() => again.cleanup());
+    const s = await waitForStatus(again, (st) => st.degraded && st.nebula_pid !== null, 'degraded with nebula running');
+    assert.equal(s.applied_sha256, up.applied_sha256);
+    assert.equal(c.seen('POST', '/api/v1/enroll').length, 1, 'no second enrollment');
+  });
+
   it('follows 307 to the master for enroll, heartbeat and routes, keeping the token and body', async () => {
     const c = new FakeCluster();
     const master = new FakeServer(c);
