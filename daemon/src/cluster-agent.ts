@@ -48,6 +48,8 @@ export class ClusterAgent {
   private lastHeartbeat = 0;
   private readonly rejected = new Set<string>();
   private previousRelease: string | null = null;
+  private readonly renewBackoff: Backoff;
+  private nextRenewalAt = 0;
 
   constructor(
     private readonly cluster: ClusterConfig,
@@ -65,6 +67,7 @@ export class ClusterAgent {
       onChange: () => this.publish(),
     });
     this.errorBackoff = new Backoff(config.serverBackoff.initialMs, config.serverBackoff.maxMs);
+    this.renewBackoff = new Backoff(config.serverBackoff.initialMs, config.serverBackoff.maxMs);
     this.status = {
       name: cluster.name,
       server: null,
@@ -141,10 +144,11 @@ export class ClusterAgent {
   }
 
   private async cycle(): Promise<void> {
-    if (!this.enrollment || renewalDue(this.enrollment)) {
-      const renewing = this.enrollment !== null;
+    if (!this.enrollment) {
       this.enrollment = await enroll(this.cluster, this.pool);
-      this.log.info({ fingerprint: this.enrollment.fingerprint, expires_at: this.enrollment.expires_at }, renewing ? 'certificate renewed' : 'enrolled');
+      this.log.info({ fingerprint: this.enrollment.fingerprint, expires_at: this.enrollment.expires_at }, 'enrolled');
+    } else if (renewalDue(this.enrollment) && Date.now() >= this.nextRenewalAt) {
+      await this.renew();
     }
     this.status.enrolled = true;
     this.status.cert_expires_at = this.enrollment.expires_at;
@@ -182,6 +186,25 @@ export class ClusterAgent {
     return { version, blocking: this.config.poll.mode === 'blocking' && supportsBlocking };
   }
 
+  /**
+   * A failed renewal does not stop polling: the current certificate is still valid for a third
+   * of its lifetime, so the renewal is retried with backoff while the config keeps flowing.
+   */
+  private async renew(): Promise<void> {
+    try {
+      this.enrollment = await enroll(this.cluster, this.pool);
+      this.renewBackoff.reset();
+      this.nextRenewalAt = 0;
+      this.log.info({ fingerprint: this.enrollment.fingerprint, expires_at: this.enrollment.expires_at }, 'certificate renewed');
+    } catch (err) {
+      if (err instanceof AllServersDown) throw err;
+      const delay = this.renewBackoff.fail();
+      this.nextRenewalAt = Date.now() + delay;
+      this.recordError(`renewal failed: ${(err as Error).message}`);
+      this.log.error({ err: (err as Error).message, retry_in_ms: Math.round(delay) }, 'certificate renewal failed');
+    }
+  }
+
   private async heartbeat(): Promise<void> {
     if (Date.now() - this.lastHeartbeat < this.config.poll.heartbeatIntervalMs) return;
     const reply = await this.pool.request('POST', '/api/v1/heartbeat');
@@ -199,8 +222,14 @@ export class ClusterAgent {
     const current = jsonOf<{ routes: string[] }>(await this.pool.request('GET', '/api/v1/routes'), 'routes');
     const same = (a: string[], b: string[]): boolean => a.length === b.length && [...a].sort().every((r, i) => r === [...b].sort()[i]);
     if (!same(current.routes, wanted)) {
-      jsonOf(await this.pool.request('PUT', '/api/v1/routes', { json: { routes: wanted } }), 'advertising routes');
-      this.log.info({ routes: wanted }, 'routes advertised');
+      const reply = await this.pool.request('PUT', '/api/v1/routes', { json: { routes: wanted } });
+      if (reply.status === 200) {
+        this.log.info({ routes: wanted }, 'routes advertised');
+      } else {
+        // A refused list stays refused until daemon.yml changes, which takes a restart; polling must go on.
+        this.recordError(`advertising routes: ${describeFailure(reply)}`);
+        this.log.error({ routes: wanted, reply: describeFailure(reply) }, 'routes refused by the server');
+      }
     }
     this.routesSynced = true;
   }

@@ -118,6 +118,35 @@ describe('daemon: polling modes, failover and supervision', () => {
     assert.equal(c.seen('PUT', '/api/v1/routes').length, 0);
   });
 
+  it('renews the certificate at two thirds of its lifetime, and enrolls again when the server has none', async () => {
+    const c = new FakeCluster();
+    c.certDuration = '9s';
+    const d = await setup([new FakeServer(c)]);
+    const first = await waitForStatus(d, (s) => s.nebula_pid !== null && s.cert_expires_at !== null, 'running');
+    assert.equal(c.seen('POST', '/api/v1/enroll').length, 1);
+    // Renewal is due 6 s in; nebula-cert's expiry has whole seconds, so allow a little more.
+    const renewed = await waitForStatus(d, (s) => s.cert_expires_at !== first.cert_expires_at, 'renewed', 12_000);
+    assert.equal(c.seen('POST', '/api/v1/enroll').length, 2);
+    const keys = c.seen('POST', '/api/v1/enroll').map((r) => (JSON.parse(r.body) as { public_key: string }).public_key);
+    assert.equal(keys[0], keys[1], 'the same key is renewed');
+    c.certDuration = '2h';
+    await waitForStatus(d, (s) => s.applied_version === c.version && s.nebula_pid !== renewed.nebula_pid, 'renewed certificate applied');
+
+    c.certificate = null;
+    await c.setConfig(nebulaConfig(80));
+    await waitForStatus(d, (s) => c.seen('POST', '/api/v1/enroll').length === 3 && s.applied_version === c.version && c.certificate !== null, 'enrolled again after NOT_ENROLLED');
+  });
+
+  it('keeps polling when the server refuses the routes', async () => {
+    const c = new FakeCluster();
+    c.refuseRoutes = 'routes overlap another node';
+    const d = await setup([new FakeServer(c)], {}, { routes: ['10.5.0.0/24'] });
+    const s = await waitForStatus(d, (st) => st.nebula_pid !== null && st.applied_sha256 !== null, 'running');
+    assert.match(d.output(), /routes refused by the server/);
+    assert.equal(s.degraded, false);
+    assert.equal(c.seen('PUT', '/api/v1/routes').length, 1);
+  });
+
   it('restarts a crashed nebula with growing backoff', async () => {
     const c = new FakeCluster();
     const d = await setup([new FakeServer(c)]);

@@ -46,6 +46,10 @@ export class FakeCluster {
   announceSha: string | null = null;
   certificate: string | null = null;
   routes: string[] = [];
+  /** `nebula-cert sign -duration` of the host certificates it signs. */
+  certDuration = '2h';
+  /** When set, PUT /api/v1/routes answers 400 with this message. */
+  refuseRoutes: string | null = null;
   readonly requests: SeenRequest[] = [];
   private configYaml = nebulaConfig(1);
   private rawBundle: Buffer | null = null;
@@ -76,7 +80,7 @@ export class FakeCluster {
     rmSync(path.join(this.dir, 'host.crt'), { force: true });
     execFileSync(
       'nebula-cert',
-      ['sign', '-ca-crt', 'ca.crt', '-ca-key', 'ca.key', '-name', 'host1', '-ip', '10.42.0.2/24', '-in-pub', 'host.pub', '-out-crt', 'host.crt', '-duration', '2h'],
+      ['sign', '-ca-crt', 'ca.crt', '-ca-key', 'ca.key', '-name', 'host1', '-ip', '10.42.0.2/24', '-in-pub', 'host.pub', '-out-crt', 'host.crt', '-duration', this.certDuration],
       { cwd: this.dir },
     );
     this.certificate = readFileSync(path.join(this.dir, 'host.crt'), 'utf8');
@@ -226,6 +230,7 @@ export class FakeServer {
       case 'GET /api/v1/routes':
         return json(200, { node_id: 'n1', name: 'host1', overlay_ip: '10.42.0.2', routes: c.routes });
       case 'PUT /api/v1/routes': {
+        if (c.refuseRoutes) return json(400, { error: c.refuseRoutes, code: 'VALIDATION_FAILED' });
         c.routes = (JSON.parse(body) as { routes: string[] }).routes;
         return json(200, { node_id: 'n1', name: 'host1', overlay_ip: '10.42.0.2', routes: c.routes });
       }
