@@ -62,6 +62,7 @@ export class ClusterAgent {
     this.supervisor = new Supervisor({
       command: cluster.nebulaBin,
       configFile: currentConfigPath(cluster.configDir),
+      pidFile: path.join(cluster.configDir, 'nebula.pid'),
       backoff: config.restartBackoff,
       log,
       onChange: () => this.publish(),
@@ -95,6 +96,7 @@ export class ClusterAgent {
     prepareStateDir(this.cluster);
     prepareConfigDir(this.cluster.configDir);
     this.enrollment = readEnrollment(this.cluster);
+    await this.supervisor.stopLeftover();
     // The last applied config starts at once, before any server is asked: the overlay comes up
     // even when the whole control plane is down.
     const active = activeRelease(this.cluster.configDir);

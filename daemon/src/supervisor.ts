@@ -1,10 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Backoff } from './backoff.js';
 import type { Logger } from './log.js';
 
 export interface SupervisorOptions {
   command: string[];
   configFile: string;
+  /** Where the running nebula's pid is kept, to find a nebula left behind by a killed daemon. */
+  pidFile: string;
   backoff: { initialMs: number; maxMs: number; resetAfterMs: number };
   log: Logger;
   onChange: () => void;
@@ -19,6 +22,17 @@ const running = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const child of running) killGroup(child, 'SIGKILL');
 });
+
+/** True while `pid` is a live process whose command line names `configFile`. */
+function runsConfig(pid: number, configFile: string): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return false;
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(configFile);
+  } catch {
+    return false;
+  }
+}
 
 function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
   if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
@@ -55,6 +69,34 @@ export class Supervisor {
     return this.child ? this.startedAt : null;
   }
 
+  /**
+   * A daemon killed with SIGKILL outside systemd leaves its nebula running; the next daemon on the
+   * same config dir stops that process group before starting its own. The pid is trusted only
+   * if the process is still a nebula on this config file, so a reused pid is left alone.
+   */
+  async stopLeftover(): Promise<void> {
+    let pid: number;
+    try {
+      pid = Number(readFileSync(this.opts.pidFile, 'utf8').trim());
+    } catch {
+      return;
+    }
+    if (Number.isInteger(pid) && pid > 1 && runsConfig(pid, this.opts.configFile)) {
+      this.opts.log.warn({ pid }, 'stopping a nebula left behind by an earlier daemon');
+      for (const [signal, waitMs] of [['SIGTERM', STOP_GRACE_MS], ['SIGKILL', 1000]] as const) {
+        try {
+          process.kill(-pid, signal);
+        } catch {
+          break;
+        }
+        const deadline = Date.now() + waitMs;
+        while (runsConfig(pid, this.opts.configFile) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        if (!runsConfig(pid, this.opts.configFile)) break;
+      }
+    }
+    rmSync(this.opts.pidFile, { force: true });
+  }
+
   start(): void {
     this.wanted = true;
     if (this.child || this.restartTimer) return;
@@ -89,6 +131,7 @@ export class Supervisor {
     this.child = child;
     this.startedAt = Date.now();
     running.add(child);
+    if (child.pid !== undefined) writeFileSync(this.opts.pidFile, `${child.pid}\n`);
     let ended = false;
     const finish = (exit: string): void => {
       if (ended) return;
@@ -116,6 +159,7 @@ export class Supervisor {
     }
     this.child = null;
     this.lastExit = exit;
+    rmSync(this.opts.pidFile, { force: true });
     this.opts.onChange();
     if (!this.wanted) return;
     if (Date.now() - this.startedAt >= this.opts.backoff.resetAfterMs) this.backoff.reset();

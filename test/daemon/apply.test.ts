@@ -13,6 +13,8 @@ describe('daemon: enrollment and applying bundles', () => {
   let cluster: FakeCluster;
   let server: FakeServer;
   let d: DaemonProcess;
+  /** The state once the latest version has been handled and nebula is up (not mid-restart). */
+  const settled = () => waitForStatus(d, (s) => s.nebula_pid !== null && s.server_version === cluster.version, 'settled');
 
   before(async () => {
     cluster = new FakeCluster();
@@ -81,7 +83,7 @@ describe('daemon: enrollment and applying bundles', () => {
   });
 
   it('a config that fails nebula -test is never applied, and the running nebula stays', async () => {
-    const good = d.status()!;
+    const good = await settled();
     await cluster.setConfig(nebulaConfig(101, 'punchy: {punch: true}\nfirewall_bogus: 1\n').replace('proto: any, host: any}]\n  inbound', 'proto: bogus, host: any}]\n  inbound'));
     const s = await waitForStatus(d, (st) => st.rejected_sha256 !== null, 'bad config rejected');
     assert.match(s.last_error ?? '', /nebula -test failed: .*proto was not understood/);
@@ -96,7 +98,7 @@ describe('daemon: enrollment and applying bundles', () => {
   });
 
   it('refuses a bundle whose sha256 differs from the announced one', async () => {
-    const good = d.status()!;
+    const good = await settled();
     cluster.announceSha = 'a'.repeat(64);
     await cluster.setConfig(nebulaConfig(102));
     const s = await waitForStatus(d, (st) => /sha256 mismatch/.test(st.last_error ?? ''), 'sha mismatch reported');
@@ -107,7 +109,7 @@ describe('daemon: enrollment and applying bundles', () => {
   });
 
   it('refuses tar traversal, links and oversize bundles, each fetched once', async () => {
-    const good = d.status()!;
+    const good = await settled();
     const ca = cluster.caCert;
     const base = [
       { name: 'config.yml', content: nebulaConfig(103) },

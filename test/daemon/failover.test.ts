@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { waitUntil } from '../helpers/cluster.js';
 import { cmdline, processAlive, startDaemon, waitForStatus, type DaemonProcess } from '../helpers/daemon.js';
@@ -88,6 +90,21 @@ describe('daemon: polling modes, failover and supervision', () => {
     assert.equal(c.seen('POST', '/api/v1/enroll').length, 1, 'no second enrollment');
   });
 
+  it('a new daemon stops the nebula that a SIGKILLed daemon left behind', async () => {
+    const c = new FakeCluster();
+    const d = await setup([new FakeServer(c)]);
+    const up = await waitForStatus(d, (s) => s.nebula_pid !== null && s.applied_sha256 !== null, 'running');
+    d.child.kill('SIGKILL');
+    await d.stop();
+    assert.ok(processAlive(up.nebula_pid!), 'SIGKILL leaves nebula running (systemd would kill the cgroup)');
+    const again = startDaemon([c.requests[0]!.server], {}, { state_dir: d.stateDir, config_dir: d.configDir });
+    cleanups.push(() => again.cleanup());
+    const s = await waitForStatus(again, (st) => st.nebula_pid !== null && st.nebula_pid !== up.nebula_pid, 'new nebula');
+    assert.ok(!processAlive(up.nebula_pid!), 'the leftover nebula was stopped');
+    assert.match(again.output(), /stopping a nebula left behind by an earlier daemon/);
+    assert.ok(processAlive(s.nebula_pid!));
+  });
+
   it('follows 307 to the master for enroll, heartbeat and routes, keeping the token and body', async () => {
     const c = new FakeCluster();
     const master = new FakeServer(c);
@@ -124,13 +141,14 @@ describe('daemon: polling modes, failover and supervision', () => {
     const d = await setup([new FakeServer(c)]);
     const first = await waitForStatus(d, (s) => s.nebula_pid !== null && s.cert_expires_at !== null, 'running');
     assert.equal(c.seen('POST', '/api/v1/enroll').length, 1);
+    c.certDuration = '2h';
     // Renewal is due 6 s in; nebula-cert's expiry has whole seconds, so allow a little more.
-    const renewed = await waitForStatus(d, (s) => s.cert_expires_at !== first.cert_expires_at, 'renewed', 12_000);
+    await waitForStatus(d, (s) => s.cert_expires_at !== first.cert_expires_at, 'renewed', 12_000);
     assert.equal(c.seen('POST', '/api/v1/enroll').length, 2);
     const keys = c.seen('POST', '/api/v1/enroll').map((r) => (JSON.parse(r.body) as { public_key: string }).public_key);
     assert.equal(keys[0], keys[1], 'the same key is renewed');
-    c.certDuration = '2h';
-    await waitForStatus(d, (s) => s.applied_version === c.version && s.nebula_pid !== renewed.nebula_pid, 'renewed certificate applied');
+    await waitForStatus(d, (s) => s.applied_version === c.version, 'renewed certificate applied');
+    assert.equal(readFileSync(path.join(d.configDir, 'current', 'host.crt'), 'utf8'), c.certificate, 'nebula runs on the renewed certificate');
 
     c.certificate = null;
     await c.setConfig(nebulaConfig(80));
