@@ -20,10 +20,6 @@ export class Backoff {
   reset(): void {
     this.failures = 0;
   }
-
-  get attempts(): number {
-    return this.failures;
-  }
 }
 
 /** ±`fraction` of `ms`, so plain pollers spread out instead of marching in step. */

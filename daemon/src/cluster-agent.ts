@@ -44,6 +44,7 @@ export class ClusterAgent {
   private readonly errorBackoff: Backoff;
   private enrollment: Enrollment | null = null;
   private seenVersion: number | null = null;
+  private serverBlocks = true;
   private routesSynced = false;
   private lastHeartbeat = 0;
   private readonly rejected = new Set<string>();
@@ -174,7 +175,7 @@ export class ClusterAgent {
   }
 
   private async pollVersion(): Promise<{ version: number; blocking: boolean }> {
-    const wantBlocking = this.config.poll.mode === 'blocking' && this.seenVersion !== null;
+    const wantBlocking = this.config.poll.mode === 'blocking' && this.seenVersion !== null && this.serverBlocks;
     const query = wantBlocking ? `?index=${this.seenVersion}&wait=${Math.round(this.config.poll.waitMs / 1000)}s` : '';
     const reply = await this.pool.request('GET', `/api/v1/config/version${query}`, {
       timeoutMs: this.config.poll.requestTimeoutMs + (wantBlocking ? this.config.poll.waitMs : 0),
@@ -182,10 +183,11 @@ export class ClusterAgent {
     const body = jsonOf<VersionReply>(reply, 'config version');
     const version = body.version ?? body.config_version;
     if (typeof version !== 'number') throw new Error('config version: the reply has neither version nor config_version');
-    // A server without blocking polls answers without the index header; the daemon then falls
-    // back to plain polls. The first poll of a run is always a plain one, so it tells us.
-    const supportsBlocking = reply.headers.get(INDEX_HEADER) !== null;
-    return { version, blocking: this.config.poll.mode === 'blocking' && supportsBlocking };
+    // A server without blocking polls answers without the index header, and the daemon falls back
+    // to plain polls. Every answer is checked, so a server upgraded (or failed over to) that has
+    // them is used that way from its first answer on.
+    this.serverBlocks = reply.headers.get(INDEX_HEADER) !== null;
+    return { version, blocking: this.config.poll.mode === 'blocking' && this.serverBlocks };
   }
 
   /**

@@ -10,8 +10,6 @@ export interface Reply {
   status: number;
   headers: Headers;
   body: Buffer;
-  /** The server from the list that the request went to (before any redirect). */
-  server: string;
 }
 
 export interface RequestOptions {
@@ -147,7 +145,7 @@ export class ServerPool {
         await res.body?.cancel().catch(() => undefined);
         throw new BodyTooLarge(res.headers, limit);
       }
-      return { status: res.status, headers: res.headers, body: data, server: base };
+      return { status: res.status, headers: res.headers, body: data };
     }
   }
 }
