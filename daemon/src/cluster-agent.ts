@@ -135,6 +135,7 @@ export class ClusterAgent {
       return;
     }
     const message = (err as Error).message;
+    this.status.server = this.pool.current;
     this.recordError(message);
     if (err instanceof NotEnrolled) {
       this.log.warn({ err: message }, 'enrolling again');
