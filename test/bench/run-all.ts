@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { runBlockingBench } from './blocking.js';
+import { runDaemonIdleBench } from './daemon-idle.js';
 import { isEntryPoint } from './entry.js';
 import { runPollBench } from './polls.js';
 import { runRenderBench } from './render.js';
@@ -16,5 +17,6 @@ if (isEntryPoint(import.meta.url)) {
   const replicationOk = await runReplicationBench();
   const renderOk = await runRenderBench();
   const blockingOk = await runBlockingBench();
+  await runDaemonIdleBench();
   if (!pollsOk || !writesOk || !replicationOk || !renderOk || !blockingOk) process.exitCode = 1;
 }

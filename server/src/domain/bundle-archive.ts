@@ -57,10 +57,15 @@ export function normaliseEntryName(name: string): string {
 }
 
 /**
- * Checks a config bundle: gzip'd tar, only plain files and directories with safe names,
- * and a config.yml that parses as a YAML mapping next to a PEM ca.crt.
+ * Walks a gzip'd tar while it streams, enforcing the rules every consumer shares: only plain
+ * files and directories with safe names, no duplicates, and the size and entry limits. Returns
+ * each file's name with its content when `keep` asks for it, else null.
  */
-export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise<InspectedBundle> {
+export async function readBundleEntries(
+  data: Buffer,
+  limits: BundleLimits,
+  keep: (name: string) => boolean,
+): Promise<Map<string, Buffer | null>> {
   if (data.length > limits.maxBytes) throw new DomainError('PAYLOAD_TOO_LARGE', `bundle exceeds ${limits.maxBytes} bytes`);
   if (data.length < 2 || data[0] !== 0x1f || data[1] !== 0x8b) throw bad('bundle is not gzip-compressed');
 
@@ -92,7 +97,7 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
     }
     if (header.type !== 'file') return fail(bad(`entry "${header.name}" is a ${header.type}; only files and directories are allowed`));
     if (files.has(name)) return fail(bad(`entry "${name}" appears twice`));
-    const keep = (REQUIRED_FILES as readonly string[]).includes(name);
+    const kept = keep(name);
     const parts: Buffer[] = [];
     stream.on('data', (chunk: unknown) => {
       if (!Buffer.isBuffer(chunk)) return;
@@ -101,10 +106,10 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
         fail(new DomainError('PAYLOAD_TOO_LARGE', `bundle unpacks to more than ${limits.maxUnpackedBytes} bytes`));
         return;
       }
-      if (keep) parts.push(chunk);
+      if (kept) parts.push(chunk);
     });
     stream.on('end', () => {
-      files.set(name, keep ? Buffer.concat(parts) : null);
+      files.set(name, kept ? Buffer.concat(parts) : null);
       next();
     });
   });
@@ -115,18 +120,30 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
     if (err instanceof DomainError) throw err;
     throw bad(`bundle is not a valid tar.gz: ${(err as Error).message}`);
   }
+  return files;
+}
 
-  for (const required of REQUIRED_FILES) {
-    if (!files.has(required)) throw bad(`bundle lacks ${required}`);
-  }
-  checkConfigYaml(files.get('config.yml')!);
-  if (!files.get('ca.crt')!.toString('utf8').includes('-----BEGIN ')) throw bad('ca.crt is not a PEM certificate');
-
+/**
+ * Checks a config bundle: gzip'd tar, only plain files and directories with safe names,
+ * and a config.yml that parses as a YAML mapping next to a PEM ca.crt.
+ */
+export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise<InspectedBundle> {
+  const files = await readBundleEntries(data, limits, (name) => (REQUIRED_FILES as readonly string[]).includes(name));
+  checkRequiredFiles(files, REQUIRED_FILES);
   return {
     data,
     sha256: createHash('sha256').update(data).digest('hex'),
     files: [...files.keys()].sort(),
   };
+}
+
+/** Every required file is present, config.yml is a YAML mapping and ca.crt looks like PEM. */
+export function checkRequiredFiles(files: Map<string, Buffer | null>, required: readonly string[]): void {
+  for (const name of required) {
+    if (!files.has(name)) throw bad(`bundle lacks ${name}`);
+  }
+  checkConfigYaml(files.get('config.yml')!);
+  if (!files.get('ca.crt')!.toString('utf8').includes('-----BEGIN ')) throw bad('ca.crt is not a PEM certificate');
 }
 
 function checkConfigYaml(raw: Buffer): void {
