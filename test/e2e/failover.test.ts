@@ -5,6 +5,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { clusterDir, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
+import { alive } from '../helpers/lighthouse.js';
 import { Underlay } from '../helpers/netns.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
 
@@ -26,15 +27,6 @@ interface ClusterStatus {
   last_poll_result: string | null;
   nebula_pid: number | null;
 }
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe('daemon failover between real servers', { timeout: 180_000 }, () => {
   const dir = clusterDir('e2e-failover');
