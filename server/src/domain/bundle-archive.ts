@@ -25,6 +25,8 @@ export interface InspectedBundle {
   data: Buffer;
   sha256: string;
   files: string[];
+  /** The text of config.yml: what per-node configs are rendered from. */
+  configYml: string;
 }
 
 export const REQUIRED_FILES = ['config.yml', 'ca.crt'] as const;
@@ -119,18 +121,20 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
   for (const required of REQUIRED_FILES) {
     if (!files.has(required)) throw bad(`bundle lacks ${required}`);
   }
-  checkConfigYaml(files.get('config.yml')!);
+  const configYml = files.get('config.yml')!.toString('utf8');
+  checkConfigYaml(configYml);
   if (!files.get('ca.crt')!.toString('utf8').includes('-----BEGIN ')) throw bad('ca.crt is not a PEM certificate');
 
   return {
     data,
     sha256: createHash('sha256').update(data).digest('hex'),
     files: [...files.keys()].sort(),
+    configYml,
   };
 }
 
-function checkConfigYaml(raw: Buffer): void {
-  const doc = YAML.parseDocument(raw.toString('utf8'), { uniqueKeys: true });
+function checkConfigYaml(text: string): void {
+  const doc = YAML.parseDocument(text, { uniqueKeys: true });
   if (doc.errors.length > 0) throw bad(`config.yml is not valid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
   const value: unknown = doc.toJS();
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad('config.yml must be a YAML mapping');
