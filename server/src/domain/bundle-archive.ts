@@ -121,20 +121,19 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
   for (const required of REQUIRED_FILES) {
     if (!files.has(required)) throw bad(`bundle lacks ${required}`);
   }
-  const configYml = files.get('config.yml')!.toString('utf8');
-  checkConfigYaml(configYml);
+  checkConfigYaml(files.get('config.yml')!);
   if (!files.get('ca.crt')!.toString('utf8').includes('-----BEGIN ')) throw bad('ca.crt is not a PEM certificate');
 
   return {
     data,
     sha256: createHash('sha256').update(data).digest('hex'),
     files: [...files.keys()].sort(),
-    configYml,
+    configYml: files.get('config.yml')!.toString('utf8'),
   };
 }
 
-function checkConfigYaml(text: string): void {
-  const doc = YAML.parseDocument(text, { uniqueKeys: true });
+function checkConfigYaml(raw: Buffer): void {
+  const doc = YAML.parseDocument(raw.toString('utf8'), { uniqueKeys: true });
   if (doc.errors.length > 0) throw bad(`config.yml is not valid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
   const value: unknown = doc.toJS();
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad('config.yml must be a YAML mapping');
