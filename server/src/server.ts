@@ -12,6 +12,7 @@ import { NebulaCert } from './domain/nebula-cert.js';
 import { bootstrapOperatorToken, type BootstrapResult } from './domain/operator.js';
 import type { Store } from './domain/store.js';
 import { HaRole } from './ha/role.js';
+import { backfillTemplateText } from './domain/render/template-backfill.js';
 import { renderUnrenderedNodes } from './domain/render/versions.js';
 import { VersionWaiters } from './http/blocking/version-waiters.js';
 import { createApp } from './http/app.js';
@@ -73,6 +74,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         log,
       );
     }
+    const backfilled = await backfillTemplateText(store, log);
+    if (backfilled > 0) log.info({ bundles: backfilled }, 'stored the config.yml text of bundles uploaded before it was kept');
     const rendered = renderUnrenderedNodes(store);
     if (rendered > 0) log.info({ nodes: rendered }, 'rendered per-node config versions for existing nodes');
     bootstrap = bootstrapOperatorToken(store, config.adminToken);

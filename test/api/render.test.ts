@@ -3,7 +3,9 @@ import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import YAML from 'yaml';
 import { untarGz, validBundle } from '../helpers/bundle.js';
+import { waitUntil } from '../helpers/cluster.js';
 import { seed, type Seeded } from '../helpers/fixtures.js';
+import { freeUdpPort, killMentioning } from '../helpers/lighthouse.js';
 import { NebulaHost } from '../helpers/nebula.js';
 import { call, startTestServer, type TestServer } from '../helpers/server.js';
 
@@ -36,10 +38,17 @@ describe('per-node rendered config', () => {
     assert.equal(r.status, 200, JSON.stringify(r.body));
     n.fingerprint = r.body.fingerprint;
   };
+  const seen = new Map<string, { version: number; hash: string }>();
+  /** The node's version, checking that its config_sha256 moved exactly when the version did. */
   const version = async (n: Member): Promise<number> => {
     const r = await call(s.url, 'GET', '/api/v1/config/version', { headers: n.headers });
     assert.equal(r.status, 200, JSON.stringify(r.body));
     assert.equal(r.headers.get('x-nebulagc-index'), String(r.body.version));
+    assert.match(r.body.config_sha256, /^[0-9a-f]{64}$/);
+    assert.equal('sha256' in r.body, false);
+    const last = seen.get(n.id);
+    if (last) assert.equal(last.hash === r.body.config_sha256, last.version === r.body.version, `${n.name}: config_sha256 and version disagree`);
+    seen.set(n.id, { version: r.body.version, hash: r.body.config_sha256 });
     return r.body.version;
   };
   const versions = async (): Promise<Record<string, number>> =>
@@ -54,7 +63,12 @@ describe('per-node rendered config', () => {
     Object.keys(a).filter((kind) => a[kind] !== b[kind]).sort();
 
   before(async () => {
-    s = await startTestServer({ NEBULAGC_CERT_LIFETIME: '24h' });
+    s = await startTestServer({
+      NEBULAGC_CERT_LIFETIME: '24h',
+      NEBULAGC_NODE_ID: 'cp-render',
+      NEBULAGC_LIGHTHOUSE_LISTEN_HOST: '127.0.0.1',
+      NEBULAGC_LIGHTHOUSE_PUBLIC_HOST: '192.0.2.50',
+    });
     k = await seed(s);
     host = new NebulaHost();
     m.plain = await newNode('plain', '10.42.1.1');
@@ -73,10 +87,12 @@ describe('per-node rendered config', () => {
   });
   after(async () => {
     host.cleanup();
+    const dir = s.dir;
     await s.stop();
+    killMentioning(dir);
   });
 
-  it('a node that has not enrolled gets 409 NOT_ENROLLED, and a version with no sha256', async () => {
+  it('a node that has not enrolled gets 409 NOT_ENROLLED, and a version with its content hash', async () => {
     const r = await call(s.url, 'GET', '/api/v1/config/bundle', { headers: m.plain.headers });
     assert.equal(r.status, 409);
     assert.equal(r.body.code, 'NOT_ENROLLED');
@@ -84,7 +100,7 @@ describe('per-node rendered config', () => {
     assert.equal(v.status, 200);
     assert.equal(typeof v.body.version, 'number');
     assert.ok(v.body.version > 0);
-    assert.equal(v.body.sha256, null);
+    assert.match(v.body.config_sha256, /^[0-9a-f]{64}$/);
     assert.equal(v.body.cluster_id, k.clusterId);
   });
 
@@ -134,7 +150,8 @@ describe('per-node rendered config', () => {
     assert.equal(r.status, 304);
     assert.equal(r.headers.get('x-nebulagc-index'), a.r.headers.get('x-nebulagc-index'));
     const v = await call(s.url, 'GET', '/api/v1/config/version', { headers: m.plain.headers });
-    assert.equal(v.body.sha256, a.r.headers.get('x-nebulagc-bundle-sha256'));
+    assert.match(v.body.config_sha256, /^[0-9a-f]{64}$/);
+    assert.notEqual(v.body.config_sha256, a.r.headers.get('x-nebulagc-bundle-sha256'), 'a content hash, not the archive’s');
   });
 
   it('a route advertised by one node moves the others’ versions but not its own', async () => {
@@ -197,6 +214,41 @@ describe('per-node rendered config', () => {
     for (const n of Object.values(m)) {
       const { config, files } = await bundle(n);
       assert.ok(config.pki.blocklist.includes(doomed.fingerprint), `${n.name} lacks the revoked fingerprint`);
+      assert.equal(host.nebulaTest(files, n.name).status, 0, n.name);
+    }
+  });
+
+  it('provide_lighthouse puts the built-in lighthouse in every node’s config; turning it off takes it out', async () => {
+    const port = await freeUdpPort();
+    const before = await versions();
+    const on = await call(s.url, 'PATCH', `/api/v1/clusters/${k.clusterId}`, { headers: s.op, json: { provide_lighthouse: true, lighthouse_port: port } });
+    assert.equal(on.status, 200, JSON.stringify(on.body));
+    let builtin: { overlay_ip: string; public_host: string; port: number } | undefined;
+    const registered = await waitUntil(async () => {
+      const st = await call(s.url, 'GET', `/api/v1/clusters/${k.clusterId}/lighthouses`, { headers: s.op });
+      builtin = st.body.lighthouses?.[0];
+      return builtin !== undefined;
+    }, 20_000, 100);
+    assert.ok(registered, 'the server registered no built-in lighthouse');
+    assert.equal(builtin!.public_host, '192.0.2.50');
+    assert.equal(builtin!.port, port);
+    assert.deepEqual(changed(before, await versions()), ['lighthouse', 'plain', 'relay', 'router']);
+    for (const n of Object.values(m)) {
+      const { config, files } = await bundle(n);
+      assert.deepEqual(config.static_host_map[builtin!.overlay_ip], [`192.0.2.50:${port}`], n.name);
+      assert.ok(config.lighthouse.hosts.includes(builtin!.overlay_ip), `${n.name}: ${JSON.stringify(config.lighthouse.hosts)}`);
+      const verdict = host.nebulaTest(files, n.name);
+      assert.equal(verdict.status, 0, `${n.name}: ${verdict.output}`);
+    }
+
+    const mid = await versions();
+    const off = await call(s.url, 'PATCH', `/api/v1/clusters/${k.clusterId}`, { headers: s.op, json: { provide_lighthouse: false } });
+    assert.equal(off.status, 200, JSON.stringify(off.body));
+    assert.deepEqual(changed(mid, await versions()), ['lighthouse', 'plain', 'relay', 'router']);
+    for (const n of Object.values(m)) {
+      const { config, files } = await bundle(n);
+      assert.equal(config.static_host_map[builtin!.overlay_ip], undefined, n.name);
+      assert.equal(config.lighthouse.hosts.includes(builtin!.overlay_ip), false, n.name);
       assert.equal(host.nebulaTest(files, n.name).status, 0, n.name);
     }
   });

@@ -75,7 +75,7 @@ export async function runBlockingBench(): Promise<boolean> {
       });
       nodes.push({ id: n.node.id, headers: { 'x-nebulagc-node-token': n.token } });
     }
-    // Enrolled, as real daemons are: each answer then carries the sha256 of a rendered bundle.
+    // Enrolled, as real daemons are, so each node has a certificate and a bundle to download.
     // One key pair serves every node; the server signs a certificate per node all the same.
     const publicKey = host.keygen().publicKey;
     for (const n of nodes) await api(master.url, 'POST', '/api/v1/enroll', 200, { headers: n.headers, json: { public_key: publicKey } });

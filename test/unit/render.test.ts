@@ -1,11 +1,16 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { gunzipSync } from 'node:zlib';
+import tar from 'tar-stream';
 import YAML from 'yaml';
 import { configYaml, packNodeBundle, renderNode } from '../../server/src/domain/render/bundle.js';
 import { mergeInto, viewCluster, type ClusterRenderInputs, type RenderNode } from '../../server/src/domain/render/config.js';
-import { packTarGz, readTarGzFile } from '../../server/src/domain/render/tar.js';
 import { DEFAULT_TEMPLATE, templateOf } from '../../server/src/domain/render/template.js';
+import { backfillTemplateText } from '../../server/src/domain/render/template-backfill.js';
+import { loadCluster } from '../../server/src/domain/render/versions.js';
+import { createLogger } from '../../server/src/log.js';
+import { Writable } from 'node:stream';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +18,7 @@ import { openStore } from '../../server/src/db/open-store.js';
 import { renderUnrenderedNodes } from '../../server/src/domain/render/versions.js';
 import { DeadlineHeap } from '../../server/src/http/blocking/deadline-heap.js';
 import { holdMs } from '../../server/src/http/blocking/wait-param.js';
-import { makeTarGz, untarGz, validBundle } from '../helpers/bundle.js';
+import { validBundle } from '../helpers/bundle.js';
 
 const node = (id: string, ip: string, extra: Partial<RenderNode> = {}): RenderNode => ({
   id,
@@ -43,13 +48,13 @@ describe('renderer', () => {
     node('c', '10.0.0.3', { routes: ['172.16.0.0/24'], mtu: 1400 }),
   ];
 
-  it('is deterministic: node order, blocklist order and repeated calls give the same bytes', () => {
+  it('is deterministic: node order, blocklist order and repeated calls give the same bytes', async () => {
     const one = viewCluster(inputs(nodes, { blocklist: ['ff', 'aa'] }));
     const two = viewCluster(inputs([...nodes].reverse(), { blocklist: ['aa', 'ff', 'aa'] }));
     const a = renderNode(one, nodes[2]!, 'CA', 'CERT');
     const b = renderNode(two, nodes[2]!, 'CA', 'CERT');
     assert.equal(a.contentHash, b.contentHash);
-    assert.deepEqual(packNodeBundle({ ...a, caCert: 'CA', hostCert: 'CERT' }).body, packNodeBundle({ ...b, caCert: 'CA', hostCert: 'CERT' }).body);
+    assert.deepEqual((await packNodeBundle({ ...a, caCert: 'CA', hostCert: 'CERT' })).body, (await packNodeBundle({ ...b, caCert: 'CA', hostCert: 'CERT' })).body);
     assert.deepEqual(a.config.pki, { ca: 'ca.crt', cert: 'host.crt', key: 'host.key', blocklist: ['aa', 'ff'] });
   });
 
@@ -100,43 +105,67 @@ describe('renderer', () => {
   });
 });
 
-describe('render tar', () => {
-  it('packs a ustar archive tar-stream reads, with pinned headers', async () => {
-    const body = packTarGz([
-      { name: 'config.yml', content: Buffer.from('a: 1\n') },
-      { name: 'ca.crt', content: Buffer.alloc(1000, 0x41) },
-    ]);
-    const files = await untarGz(body);
-    assert.deepEqual([...files.keys()], ['config.yml', 'ca.crt']);
-    assert.equal(files.get('ca.crt')!.length, 1000);
-    const raw = gunzipSync(body);
-    assert.equal(raw.subarray(136, 147).toString(), '00000000000', 'mtime 0');
-    assert.equal(raw.subarray(100, 107).toString(), '0000644');
+interface TarEntry {
+  header: tar.Header;
+  content: Buffer;
+}
+
+async function entriesOf(gz: Buffer): Promise<TarEntry[]> {
+  const out: TarEntry[] = [];
+  const extract = tar.extract();
+  extract.on('entry', (header, stream, next) => {
+    const parts: Buffer[] = [];
+    stream.on('data', (c: unknown) => parts.push(c as Buffer));
+    stream.on('end', () => {
+      out.push({ header, content: Buffer.concat(parts) });
+      next();
+    });
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    extract.on('finish', resolve);
+    extract.on('error', reject);
+  });
+  extract.end(gunzipSync(gz));
+  await done;
+  return out;
+}
+
+describe('node bundle archive', () => {
+  const config = { tun: { mtu: 1300 }, pki: { ca: 'ca.crt' } };
+  const caCert = 'C'.repeat(1000);
+
+  it('holds config.yml, ca.crt and host.crt in that order, with pinned headers', async () => {
+    const { body, sha256 } = await packNodeBundle({ config, caCert, hostCert: 'HOST' });
+    const entries = await entriesOf(body);
+    assert.deepEqual(entries.map((e) => e.header.name), ['config.yml', 'ca.crt', 'host.crt']);
+    assert.equal(entries[0]!.content.toString(), configYaml(config));
+    assert.equal(entries[1]!.content.toString(), caCert);
+    assert.equal(entries[2]!.content.toString(), 'HOST');
+    for (const { header } of entries) {
+      assert.equal(header.type, 'file');
+      assert.equal(header.mode, 0o644);
+      assert.equal(header.mtime!.getTime(), 0);
+      assert.equal(header.uid, 0);
+      assert.equal(header.gid, 0);
+      assert.equal(header.uname, '');
+      assert.equal(header.gname, '');
+    }
+    assert.equal(sha256, createHash('sha256').update(body).digest('hex'));
   });
 
-  it('reads config.yml out of uploaded bundles, long names and ./ prefixes included', async () => {
-    const long = `${'d/'.repeat(60)}config.yml`;
-    const data = await makeTarGz([
-      { name: long, content: 'no' },
-      { name: 'dir', type: 'directory' },
-      { name: './config.yml', content: 'yes: 1\n' },
-    ]);
-    assert.equal(readTarGzFile(data, 'config.yml', 1 << 20)!.toString(), 'yes: 1\n');
-    assert.equal(readTarGzFile(data, long, 1 << 20)!.toString(), 'no');
-    assert.equal(readTarGzFile(data, 'absent', 1 << 20), undefined);
-  });
-
-  it('refuses to unpack past the limit', async () => {
-    const data = await validBundle([{ name: 'big', content: Buffer.alloc(1 << 20) }]);
-    assert.throws(() => readTarGzFile(data, 'config.yml', 64 * 1024));
+  it('is byte-for-byte reproducible, and differs when any file does', async () => {
+    const a = await packNodeBundle({ config, caCert, hostCert: 'HOST' });
+    const b = await packNodeBundle({ config: { pki: { ca: 'ca.crt' }, tun: { mtu: 1300 } }, caCert, hostCert: 'HOST' });
+    assert.deepEqual(a.body, b.body, 'key order does not reach the archive');
+    assert.notEqual((await packNodeBundle({ config, caCert, hostCert: 'HOST2' })).sha256, a.sha256);
+    assert.notEqual((await packNodeBundle({ config: { ...config, tun: { mtu: 1400 } }, caCert, hostCert: 'HOST' })).sha256, a.sha256);
   });
 });
 
 describe('template cache', () => {
-  it('parses a bundle version once', async () => {
-    const data = await validBundle([], 'tun:\n  dev: x\n');
+  it('parses a bundle version once', () => {
     let loads = 0;
-    const source = { clusterId: 'c-cache', bundleVersion: 1, sha256: 'h', load: () => (loads++, data) };
+    const source = { clusterId: 'c-cache', bundleVersion: 1, sha256: 'h', load: () => (loads++, 'tun:\n  dev: x\n') };
     const first = templateOf(source);
     const second = templateOf(source);
     assert.equal(loads, 1);
@@ -146,6 +175,13 @@ describe('template cache', () => {
     templateOf({ ...source, bundleVersion: 2 });
     assert.equal(loads, 2);
     assert.equal(templateOf(undefined), DEFAULT_TEMPLATE);
+    assert.equal(templateOf({ ...source, bundleVersion: 3, load: () => '' }), DEFAULT_TEMPLATE, 'an empty text renders as the built-in template');
+  });
+
+  it('refuses to render from a template not backfilled yet, and does not remember the miss', () => {
+    const source = { clusterId: 'c-pending', bundleVersion: 1, sha256: 'h', load: (): string | null => null };
+    assert.throws(() => templateOf(source), (err: { code?: string }) => err.code === 'NOT_READY');
+    assert.deepEqual(templateOf({ ...source, load: () => 'a: 1\n' }), { a: 1 });
   });
 });
 
@@ -210,6 +246,34 @@ describe('render versions', () => {
       assert.ok(rows.every((r) => r.config_index > 0 && /^[0-9a-f]{64}$/.test(r.config_sha256)));
       assert.equal(rows[0]!.config_index, rows[1]!.config_index, 'one write, one index');
       assert.equal(renderUnrenderedNodes(store), 0);
+    } finally {
+      opened.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('backfills the config.yml text of bundles stored before it was kept, once, and renders from it', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-render-'));
+    const opened = openStore({ dbPath: path.join(dir, 'db'), synchronous: 'NORMAL', secret: 'x'.repeat(32) });
+    const logged: string[] = [];
+    const log = createLogger('info', new Writable({ write: (chunk, _enc, done) => (logged.push(String(chunk)), done()) }));
+    try {
+      const { store } = opened;
+      const data = await validBundle([], 'tun:\n  dev: from-upload\n');
+      store.writer.write('seed', (db) => {
+        db.prepare("INSERT INTO tenants (id, name, created_at, updated_at) VALUES ('t', 't', 'x', 'x')").run();
+        db.prepare("INSERT INTO clusters (id, tenant_id, name, token_hash, current_bundle_version, created_at, updated_at) VALUES ('c', 't', 'c', 'h', 1, 'x', 'x')").run();
+        const insert = db.prepare("INSERT INTO config_bundles (cluster_id, version, data, sha256, size_bytes, created_by, created_at) VALUES ('c', ?, ?, ?, ?, 'old', 'x')");
+        insert.run(1, data, 'sha-1', data.length);
+        insert.run(2, Buffer.from('not a tar.gz'), 'sha-2', 12);
+      });
+      assert.throws(() => loadCluster(store.reader, 'c'), (err: { code?: string }) => err.code === 'NOT_READY');
+      assert.equal(await backfillTemplateText(store, log), 2);
+      const text = store.reader.prepare('SELECT version, config_yml FROM config_bundles ORDER BY version').all();
+      assert.deepEqual(text, [{ version: 1, config_yml: 'tun:\n  dev: from-upload\n' }, { version: 2, config_yml: '' }]);
+      assert.match(logged.join(''), /cannot be read/);
+      assert.equal((loadCluster(store.reader, 'c')!.view.inputs.template.tun as { dev: string }).dev, 'from-upload');
+      assert.equal(await backfillTemplateText(store, log), 0);
     } finally {
       opened.close();
       rmSync(dir, { recursive: true, force: true });

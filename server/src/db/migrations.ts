@@ -112,6 +112,8 @@ export const migrations: Migration[] = [
     // config_index is taken from render_index, one counter for the whole database (as Consul's
     // raft index), so "which nodes moved since index X" is one range scan after each commit.
     // config_sha256 is the hash of the node's rendered content; NULL until first rendered.
+    // config_yml is the bundle's config.yml as uploaded, so rendering reads the template without
+    // unpacking the archive; NULL only for bundles stored before it, until the start-up backfill.
     sql: `
       ALTER TABLE clusters ADD COLUMN provide_lighthouse INTEGER NOT NULL DEFAULT 0 CHECK (provide_lighthouse IN (0, 1));
       CREATE TABLE builtin_lighthouses (
@@ -136,6 +138,8 @@ export const migrations: Migration[] = [
         value INTEGER NOT NULL
       );
       INSERT INTO render_index (id, value) VALUES (1, 0);
+
+      ALTER TABLE config_bundles ADD COLUMN config_yml TEXT;
     `,
   },
 ];

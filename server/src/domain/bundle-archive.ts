@@ -25,6 +25,8 @@ export interface InspectedBundle {
   data: Buffer;
   sha256: string;
   files: string[];
+  /** The text of config.yml: what per-node configs are rendered from. */
+  configYml: string;
 }
 
 export const REQUIRED_FILES = ['config.yml', 'ca.crt'] as const;
@@ -134,6 +136,7 @@ export async function inspectBundle(data: Buffer, limits: BundleLimits): Promise
     data,
     sha256: createHash('sha256').update(data).digest('hex'),
     files: [...files.keys()].sort(),
+    configYml: files.get('config.yml')!.toString('utf8'),
   };
 }
 

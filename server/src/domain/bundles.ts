@@ -36,9 +36,9 @@ export function storeBundle(store: Store, clusterId: string, bundle: InspectedBu
     const next = stmt(db, 'SELECT coalesce(max(version), 0) + 1 AS v FROM config_bundles WHERE cluster_id = ?')
       .get(clusterId) as { v: number };
     stmt(db, 
-      `INSERT INTO config_bundles (cluster_id, version, data, sha256, size_bytes, created_by, created_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?)`,
-    ).run(clusterId, next.v, bundle.data, bundle.sha256, bundle.data.length, createdBy, now);
+      `INSERT INTO config_bundles (cluster_id, version, data, sha256, size_bytes, created_by, created_at, config_yml)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(clusterId, next.v, bundle.data, bundle.sha256, bundle.data.length, createdBy, now, bundle.configYml);
     stmt(db, 'UPDATE clusters SET current_bundle_version = ? WHERE id = ?').run(next.v, clusterId);
     bumpConfigVersion(db, clusterId, now);
     return next.v;

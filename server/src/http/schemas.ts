@@ -65,7 +65,10 @@ export const configVersionSchema = z
     bundle_version: z.number().int().nullable(),
     bundle_sha256: z.string().nullable(),
     version: z.number().int().optional().openapi({ description: 'Node token only: the node’s rendered-config version (= X-NebulaGC-Index)' }),
-    sha256: z.string().nullable().optional().openapi({ description: 'Node token only: sha256 of the node’s bundle; null before it enrolls' }),
+    config_sha256: z.string().nullable().optional().openapi({
+      description:
+        'Node token only: a hash of the node’s rendered content; changes exactly when the bundle’s content does; not the sha256 of the archive (that is the bundle’s ETag)',
+    }),
   })
   .openapi('ConfigVersion');
 

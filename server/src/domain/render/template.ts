@@ -1,5 +1,5 @@
 import YAML from 'yaml';
-import { readTarGzFile } from './tar.js';
+import { DomainError } from '../errors.js';
 
 export type ConfigMap = { [key: string]: unknown };
 
@@ -25,18 +25,19 @@ export interface TemplateSource {
   clusterId: string;
   bundleVersion: number;
   sha256: string;
-  /** Only called on a cache miss: reading the blob is the expensive part. */
-  load(): Buffer;
+  /**
+   * The bundle's config.yml as stored at upload; null for a bundle stored before that column
+   * existed and not backfilled yet. Only called on a cache miss.
+   */
+  load(): string | null;
 }
 
 const MAX_CACHED = 64;
-const MAX_UNPACKED_BYTES = 256 * 1024 * 1024;
 const cache = new Map<string, ConfigMap>();
 
 /**
  * The parsed config.yml of a cluster's bundle. A stored bundle version never changes, so the
- * parse is kept per (cluster, version, sha256): every write re-renders the cluster, and a
- * 10 MiB bundle must not be gunzipped each time.
+ * parse is kept per (cluster, version, sha256): every write re-renders the cluster.
  */
 export function templateOf(source: TemplateSource | undefined): ConfigMap {
   if (!source) return DEFAULT_TEMPLATE;
@@ -47,16 +48,19 @@ export function templateOf(source: TemplateSource | undefined): ConfigMap {
     cache.set(key, hit);
     return hit;
   }
-  const parsed = parseTemplate(source.load());
+  const text = source.load();
+  // Rendering from a guess would serve, and cache per node version, a config the master never
+  // decided on; a replica answers 503 for the moment until the master's backfill reaches it.
+  if (text === null) throw new DomainError('NOT_READY', 'the cluster’s template is being backfilled; retry shortly');
+  const parsed = parseTemplate(text);
   cache.set(key, parsed);
   if (cache.size > MAX_CACHED) cache.delete(cache.keys().next().value!);
   return parsed;
 }
 
-export function parseTemplate(bundle: Buffer): ConfigMap {
-  const raw = readTarGzFile(bundle, 'config.yml', MAX_UNPACKED_BYTES);
-  if (!raw) return DEFAULT_TEMPLATE;
-  const value: unknown = YAML.parse(raw.toString('utf8'));
+/** A text that is not a mapping (the empty one the backfill leaves for an unreadable bundle) renders as the built-in template. */
+export function parseTemplate(text: string): ConfigMap {
+  const value: unknown = YAML.parse(text);
   return isMap(value) ? deepFreeze(value) : DEFAULT_TEMPLATE;
 }
 

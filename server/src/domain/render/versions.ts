@@ -42,9 +42,9 @@ export function loadCluster(db: Db, clusterId: string): ClusterRenderState | und
           bundleVersion: cluster.bundle_version,
           sha256: cluster.sha256,
           load: () =>
-            (stmt(db, 'SELECT data FROM config_bundles WHERE cluster_id = ? AND version = ?').get(clusterId, cluster.bundle_version) as {
-              data: Buffer;
-            }).data,
+            stmt(db, 'SELECT config_yml FROM config_bundles WHERE cluster_id = ? AND version = ?')
+              .pluck()
+              .get(clusterId, cluster.bundle_version) as string | null,
         },
   );
   const rows = stmt(db,

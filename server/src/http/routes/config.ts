@@ -79,8 +79,8 @@ function sendBundle(c: AppContext, store: Store, clusterId: string, version?: nu
 const servedHeaders = new WeakMap<ServedBundle, BundleHeaders & { 'x-nebulagc-index': string }>();
 
 /** A node's own rendered bundle (config.yml, ca.crt, host.crt), built once per node version. */
-function sendNodeBundle(c: AppContext, store: Store, nodeId: string): Response {
-  const served = nodeBundle(store, nodeId);
+async function sendNodeBundle(c: AppContext, store: Store, nodeId: string): Promise<Response> {
+  const served = await nodeBundle(store, nodeId);
   let headers = servedHeaders.get(served);
   if (!headers) {
     const version = String(served.version);
@@ -101,18 +101,15 @@ function sendNodeBundle(c: AppContext, store: Store, nodeId: string): Response {
   });
 }
 
-/** The version poll as a node sees it: the cluster's fields plus its own version and bundle sha256. */
+/**
+ * The version poll as a node sees it: the cluster's fields plus its own version and content
+ * hash, both stored by the write that rendered it, so a woken poll renders nothing.
+ */
 function nodeVersionReply(store: Store, nodeId: string, clusterId: string): { body: string; headers: Record<string, string> } {
   return memo(store, `node-version-reply:${nodeId}`, () => {
     const state = nodeConfigState(store, nodeId);
-    let sha256: string | null = null;
-    try {
-      sha256 = nodeBundle(store, nodeId).sha256;
-    } catch (err) {
-      if (!(err instanceof DomainError && err.code === 'NOT_ENROLLED')) throw err;
-    }
     return {
-      body: JSON.stringify({ ...getConfigVersion(store, clusterId), version: state.version, sha256 }),
+      body: JSON.stringify({ ...getConfigVersion(store, clusterId), version: state.version, config_sha256: state.config_sha256 }),
       headers: { ...JSON_TYPE, 'x-nebulagc-index': String(state.version) },
     };
   });
@@ -196,7 +193,7 @@ export function registerConfigRoutes(app: App, { store, config, waiters }: Deps)
       security,
       summary: 'The config version, for daemons to poll; with a node token, the node’s own version, and blocking with ?index=',
       description:
-        'With a node token the answer carries `version` (the node’s rendered-config version, also in `X-NebulaGC-Index`) and `sha256` (of its bundle). `?index=N&wait=30s` answers at once when the version differs from N, else holds the request until it changes or the wait runs out; 200 either way.',
+        'With a node token the answer carries `version` (the node’s rendered-config version, also in `X-NebulaGC-Index`) and `config_sha256` (a hash of the node’s rendered content: it changes exactly when the bundle’s content does; not the sha256 of the archive). `?index=N&wait=30s` answers at once when the version differs from N, else holds the request until it changes or the wait runs out; 200 either way.',
       request: { query: versionQuerySchema },
       responses: { 200: ok(configVersionSchema, 'Current version'), ...errors },
     }),
