@@ -3,7 +3,7 @@ import type { Statement } from 'better-sqlite3';
 import type { Db } from '../db/connection.js';
 import { DbChecksum } from './checksum.js';
 import type { PageImage, Position } from './record.js';
-import { parseWalHeader, scanFrames, WAL_HEADER_BYTES, type ScanState, type WalHeader } from './wal-format.js';
+import { parseWalHeader, scanFrames, WAL_HEADER_BYTES, type Frame, type ScanState, type WalHeader } from './wal-format.js';
 
 export interface CapturedTx extends Position {
   pageSize: number;
@@ -205,9 +205,14 @@ export class WalCapture {
       const bytes = this.readAt(start, want);
       const { transactions, state, hitEnd } = scanFrames(bytes, header, this.scan);
       for (const tx of transactions) {
+        // A page written twice in one transaction counts once, as its last image.
+        const last = new Map<number, Frame>();
+        for (const f of tx.frames) last.set(f.pgno, f);
         const pages = new Map<number, Buffer>();
-        for (const f of tx.frames) pages.set(f.pgno, copyPages ? Buffer.from(f.data) : f.data);
-        for (const [pgno, data] of pages) this.checksum.setPage(pgno, data);
+        for (const f of last.values()) {
+          this.checksum.setHash(f.pgno, f.hashA, f.hashB);
+          pages.set(f.pgno, copyPages ? Buffer.from(f.data) : f.data);
+        }
         this.checksum.resize(tx.dbSize);
         this.framesCaptured += tx.frames.length;
         this.framesSinceCheckpoint += tx.frames.length;

@@ -23,8 +23,8 @@ function fmix32(h: number): number {
 export function pageHash(pgno: number, page: Buffer): [number, number] {
   if (pgno === 1 && page.length >= 100) page = withoutCommitStamps(page);
   // Signed words and `| 0` keep the lanes 32-bit integers for the JIT; same bits as unsigned.
-  let h0 = 0x811c9dc5 ^ pgno;
-  let h1 = 0x9e3779b1 ^ Math.imul(pgno, 0x85ebca77);
+  let h0 = pageHashSeed0(pgno);
+  let h1 = pageHashSeed1(pgno);
   const words = page.length >>> 2;
   if (LITTLE_ENDIAN_HOST && (page.byteOffset & 3) === 0) {
     const w = new Int32Array(page.buffer, page.byteOffset, words);
@@ -45,6 +45,15 @@ export function pageHash(pgno: number, page: Buffer): [number, number] {
       h1 = Math.imul((h1 ^ page.readUInt32LE(i * 4 + 4)) + (h0 >>> 7), 0x5bd1e995);
     }
   }
+  return finishPageHash(pgno, h0, h1);
+}
+
+/** The lanes' starting state for page `pgno`; pageHash and the fused WAL scan both start here. */
+export const pageHashSeed0 = (pgno: number): number => 0x811c9dc5 ^ pgno;
+export const pageHashSeed1 = (pgno: number): number => 0x9e3779b1 ^ Math.imul(pgno, 0x85ebca77);
+
+/** Mixes the two lanes into the 64-bit hash. */
+export function finishPageHash(pgno: number, h0: number, h1: number): [number, number] {
   const a = fmix32(h0 ^ Math.imul(h1, 0x27d4eb2f));
   const b = fmix32(h1 ^ Math.imul(a, 0x165667b1) ^ pgno);
   return [a, b];
@@ -96,13 +105,18 @@ export class DbChecksum {
 
   /** Sets page `pgno` (1-based) to `data`, growing the database if needed. */
   setPage(pgno: number, data: Buffer): void {
+    const [a, b] = pageHash(pgno, data);
+    this.setHash(pgno, a, b);
+  }
+
+  /** Like setPage, with the page's pageHash already computed (by the WAL scan's fused pass). */
+  setHash(pgno: number, a: number, b: number): void {
     // Pages skipped over count as zeros; the page being set is hashed once, not as a zero first.
     if (pgno > this.pages) {
       this.grow(pgno - 1);
       this.reserve(pgno);
       this.pages = pgno;
     }
-    const [a, b] = pageHash(pgno, data);
     const i = (pgno - 1) * 2;
     this.x0 = (this.x0 ^ this.hashes[i]! ^ a) >>> 0;
     this.x1 = (this.x1 ^ this.hashes[i + 1]! ^ b) >>> 0;
