@@ -59,7 +59,6 @@ export function finishPageHash(pgno: number, h0: number, h1: number): [number, n
   return [a, b];
 }
 
-/** 16 hex digits, as records, the API and the CLI show it. */
 /**
  * SQLite stamps page 1 at every commit that touches it with the writer's own change counter
  * (bytes 24-27, 92-95) and library version (96-99). A replica's group commit stamps fewer
@@ -75,7 +74,11 @@ function withoutCommitStamps(page: Buffer): Buffer {
 
 export type Checksum = string;
 
-export const checksumHex = (a: number, b: number): Checksum => a.toString(16).padStart(8, '0') + b.toString(16).padStart(8, '0');
+const HEX_BYTES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const hex32 = (v: number): string => HEX_BYTES[v >>> 24]! + HEX_BYTES[(v >>> 16) & 255]! + HEX_BYTES[(v >>> 8) & 255]! + HEX_BYTES[v & 255]!;
+
+/** 16 hex digits, as records, the API and the CLI show it. A table, because it runs once per transaction. */
+export const checksumHex = (a: number, b: number): Checksum => hex32(a >>> 0) + hex32(b >>> 0);
 
 /**
  * The checksum of a database kept up to date page by page. It remembers each page's hash so
