@@ -71,7 +71,17 @@ export class LighthouseSupervisor {
   start(): void {
     mkdirSync(this.opts.config.dir, { recursive: true, mode: 0o700 });
     this.killLeftovers();
-    this.unhook = this.opts.store.writer.onCommit(() => setImmediate(() => this.schedule()));
+    // One pass per turn of the event loop, however many commits it held: a pass per commit
+    // (a query and a readdir each) was 15% of a master's time at 10,000 commits/s.
+    let passDue = false;
+    this.unhook = this.opts.store.writer.onCommit(() => {
+      if (passDue) return;
+      passDue = true;
+      setImmediate(() => {
+        passDue = false;
+        this.schedule();
+      });
+    });
     this.timer = setInterval(() => this.check(), this.opts.checkEveryMs ?? 1000);
     this.schedule();
   }

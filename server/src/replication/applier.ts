@@ -154,7 +154,8 @@ export class Applier {
       shrinkTo = r.dbSize < this.checksum.pageCount ? r.dbSize : undefined;
       for (const p of r.pages) {
         rows.push(p.pgno, p.data);
-        this.checksum.setPage(p.pgno, p.data);
+        if (p.hashA !== undefined && p.hashB !== undefined) this.checksum.setHash(p.pgno, p.hashA, p.hashB);
+        else this.checksum.setPage(p.pgno, p.data);
       }
       this.checksum.resize(r.dbSize);
       if (this.checksum.value === r.checksum) recovering = 0;

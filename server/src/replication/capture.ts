@@ -3,7 +3,7 @@ import type { Statement } from 'better-sqlite3';
 import type { Db } from '../db/connection.js';
 import { DbChecksum } from './checksum.js';
 import type { PageImage, Position } from './record.js';
-import { parseWalHeader, scanFrames, WAL_HEADER_BYTES, type ScanState, type WalHeader } from './wal-format.js';
+import { parseWalHeader, scanFrames, WAL_HEADER_BYTES, type Frame, type ScanState, type WalHeader } from './wal-format.js';
 
 export interface CapturedTx extends Position {
   pageSize: number;
@@ -27,14 +27,16 @@ export interface CaptureOptions {
 /** The most a capture reads at once before it has seen that more is there. */
 const MAX_READ_BYTES = 4 * 1024 * 1024;
 
-const pageList = (pages: Map<number, Buffer>): PageImage[] => {
+const pageList = (pages: Map<number, PageImage>): PageImage[] => {
   // Page 1 carries the schema cookie: it goes last (DESIGN §3).
   const list: PageImage[] = [];
-  for (const [pgno, data] of pages) if (pgno !== 1) list.push({ pgno, data });
+  for (const p of pages.values()) if (p.pgno !== 1) list.push(p);
   const first = pages.get(1);
-  if (first) list.push({ pgno: 1, data: first });
+  if (first) list.push(first);
   return list;
 };
+
+const framePage = (f: Frame, copy: boolean): PageImage => ({ pgno: f.pgno, data: copy ? Buffer.from(f.data) : f.data, hashA: f.hashA, hashB: f.hashB });
 
 /** Reads every page of the database through `db` (its current snapshot). */
 export function* readAllPages(db: Db): Generator<PageImage> {
@@ -96,7 +98,7 @@ export class WalCapture {
     const pageSize = writer.pragma('page_size', { simple: true }) as number;
     this.checksum = new DbChecksum(pageSize);
     // Start under the write lock, so the WAL end, the checksum and the pin agree exactly.
-    let walPages = new Map<number, Buffer>();
+    let walPages = new Map<number, PageImage>();
     this.underWriteLock(() => {
       walPages = this.readWalToEnd(true);
       let last = 0;
@@ -205,9 +207,10 @@ export class WalCapture {
       const bytes = this.readAt(start, want);
       const { transactions, state, hitEnd } = scanFrames(bytes, header, this.scan);
       for (const tx of transactions) {
-        const pages = new Map<number, Buffer>();
-        for (const f of tx.frames) pages.set(f.pgno, copyPages ? Buffer.from(f.data) : f.data);
-        for (const [pgno, data] of pages) this.checksum.setPage(pgno, data);
+        // A page written twice in one transaction counts once, as its last image.
+        const pages = new Map<number, PageImage>();
+        for (const f of tx.frames) pages.set(f.pgno, framePage(f, copyPages));
+        for (const p of pages.values()) this.checksum.setHash(p.pgno, p.hashA!, p.hashB!);
         this.checksum.resize(tx.dbSize);
         this.framesCaptured += tx.frames.length;
         this.framesSinceCheckpoint += tx.frames.length;
@@ -347,7 +350,7 @@ export class WalCapture {
         this.pin();
         return missed.concat(this.captureFrames(this.header!, false));
       }
-      const changed = new Map<number, Buffer>();
+      const changed = new Map<number, PageImage>();
       const probe = new DbChecksum(this.checksum.pageSize);
       let last = 0;
       for (const p of readAllPages(this.writer)) {
@@ -355,13 +358,13 @@ export class WalCapture {
         probe.setPage(p.pgno, p.data);
         const [a, b] = probe.hashOf(p.pgno)!;
         const known = this.checksum.hashOf(p.pgno);
-        if (!known || known[0] !== a || known[1] !== b) changed.set(p.pgno, p.data);
+        if (!known || known[0] !== a || known[1] !== b) changed.set(p.pgno, { pgno: p.pgno, data: p.data, hashA: a, hashB: b });
       }
       this.readWalToEnd();
       this.lossPossible = false;
       this.pin();
       if (changed.size === 0 && last === this.checksum.pageCount) return [];
-      for (const [pgno, data] of changed) this.checksum.setPage(pgno, data);
+      for (const p of changed.values()) this.checksum.setHash(p.pgno, p.hashA!, p.hashB!);
       this.checksum.resize(last);
       return [this.emit(pageList(changed), last, true)];
     });
@@ -387,8 +390,8 @@ export class WalCapture {
    * Moves the scan state to the end of the committed frames without emitting anything; with
    * `collect`, returns (copies of) the latest image of every page those frames hold.
    */
-  private readWalToEnd(collect = false): Map<number, Buffer> {
-    const pages = new Map<number, Buffer>();
+  private readWalToEnd(collect = false): Map<number, PageImage> {
+    const pages = new Map<number, PageImage>();
     const size = fstatSync(this.fd).size;
     const header = size >= WAL_HEADER_BYTES ? parseWalHeader(this.readAt(0, WAL_HEADER_BYTES)) : undefined;
     this.header = header;
@@ -401,7 +404,7 @@ export class WalCapture {
     const { transactions, state } = scanFrames(this.readAt(WAL_HEADER_BYTES, size - WAL_HEADER_BYTES), header, from);
     for (const tx of transactions) {
       this.framesCaptured += tx.frames.length;
-      if (collect) for (const f of tx.frames) pages.set(f.pgno, Buffer.from(f.data));
+      if (collect) for (const f of tx.frames) pages.set(f.pgno, framePage(f, true));
     }
     this.scan = state;
     return pages;

@@ -23,8 +23,8 @@ function fmix32(h: number): number {
 export function pageHash(pgno: number, page: Buffer): [number, number] {
   if (pgno === 1 && page.length >= 100) page = withoutCommitStamps(page);
   // Signed words and `| 0` keep the lanes 32-bit integers for the JIT; same bits as unsigned.
-  let h0 = 0x811c9dc5 ^ pgno;
-  let h1 = 0x9e3779b1 ^ Math.imul(pgno, 0x85ebca77);
+  let h0 = pageHashSeed0(pgno);
+  let h1 = pageHashSeed1(pgno);
   const words = page.length >>> 2;
   if (LITTLE_ENDIAN_HOST && (page.byteOffset & 3) === 0) {
     const w = new Int32Array(page.buffer, page.byteOffset, words);
@@ -45,12 +45,20 @@ export function pageHash(pgno: number, page: Buffer): [number, number] {
       h1 = Math.imul((h1 ^ page.readUInt32LE(i * 4 + 4)) + (h0 >>> 7), 0x5bd1e995);
     }
   }
+  return finishPageHash(pgno, h0, h1);
+}
+
+/** The lanes' starting state for page `pgno`; pageHash and the fused WAL scan both start here. */
+export const pageHashSeed0 = (pgno: number): number => 0x811c9dc5 ^ pgno;
+export const pageHashSeed1 = (pgno: number): number => 0x9e3779b1 ^ Math.imul(pgno, 0x85ebca77);
+
+/** Mixes the two lanes into the 64-bit hash. */
+export function finishPageHash(pgno: number, h0: number, h1: number): [number, number] {
   const a = fmix32(h0 ^ Math.imul(h1, 0x27d4eb2f));
   const b = fmix32(h1 ^ Math.imul(a, 0x165667b1) ^ pgno);
   return [a, b];
 }
 
-/** 16 hex digits, as records, the API and the CLI show it. */
 /**
  * SQLite stamps page 1 at every commit that touches it with the writer's own change counter
  * (bytes 24-27, 92-95) and library version (96-99). A replica's group commit stamps fewer
@@ -66,7 +74,18 @@ function withoutCommitStamps(page: Buffer): Buffer {
 
 export type Checksum = string;
 
-export const checksumHex = (a: number, b: number): Checksum => a.toString(16).padStart(8, '0') + b.toString(16).padStart(8, '0');
+const HEX_DIGITS = Array.from('0123456789abcdef', (c) => c.charCodeAt(0));
+const digit = (v: number, shift: number): number => HEX_DIGITS[(v >>> shift) & 15]!;
+
+/**
+ * 16 hex digits, as records, the API and the CLI show it. Built in one piece: it runs once per
+ * transaction and the log keeps it, and concatenated halves would leave several strings each.
+ */
+export const checksumHex = (a: number, b: number): Checksum =>
+  String.fromCharCode(
+    digit(a, 28), digit(a, 24), digit(a, 20), digit(a, 16), digit(a, 12), digit(a, 8), digit(a, 4), digit(a, 0),
+    digit(b, 28), digit(b, 24), digit(b, 20), digit(b, 16), digit(b, 12), digit(b, 8), digit(b, 4), digit(b, 0),
+  );
 
 /**
  * The checksum of a database kept up to date page by page. It remembers each page's hash so
@@ -96,13 +115,18 @@ export class DbChecksum {
 
   /** Sets page `pgno` (1-based) to `data`, growing the database if needed. */
   setPage(pgno: number, data: Buffer): void {
+    const [a, b] = pageHash(pgno, data);
+    this.setHash(pgno, a, b);
+  }
+
+  /** Like setPage, with the page's pageHash already computed (by the WAL scan's fused pass). */
+  setHash(pgno: number, a: number, b: number): void {
     // Pages skipped over count as zeros; the page being set is hashed once, not as a zero first.
     if (pgno > this.pages) {
       this.grow(pgno - 1);
       this.reserve(pgno);
       this.pages = pgno;
     }
-    const [a, b] = pageHash(pgno, data);
     const i = (pgno - 1) * 2;
     this.x0 = (this.x0 ^ this.hashes[i]! ^ a) >>> 0;
     this.x1 = (this.x1 ^ this.hashes[i + 1]! ^ b) >>> 0;

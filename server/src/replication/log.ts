@@ -119,7 +119,7 @@ export class ReplicationLog {
   }
 
   append(pos: Position & { commitTimeMs: number }, buf: Buffer): void {
-    const lastTxid = this.last?.txid;
+    const lastTxid = this.entries.length > this.head ? this.entries[this.entries.length - 1]!.txid : undefined;
     if (lastTxid !== undefined && pos.txid !== lastTxid + 1) throw new Error(`log expected txid ${lastTxid + 1}, got ${pos.txid}`);
     let seg = this.segments[this.segments.length - 1];
     if (!seg || seg.bytes >= this.limits.segmentBytes || this.needFreshSegment) {

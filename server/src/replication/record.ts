@@ -1,10 +1,19 @@
 import { crc32 } from 'node:zlib';
-import { checksumHex, type Checksum } from './checksum.js';
+import { checksumHex, pageHash, type Checksum } from './checksum.js';
 
 /**
  * Wire and log format of the replication stream. Each record is
- *   u32 length of (type + body) | u8 type | body | u32 crc32 of (type + body)
+ *   u32 length of (type + body) | u8 type | body | u32 check
  * so a reader can frame records in a byte stream and refuse a damaged one.
+ *
+ * The check of a heartbeat or snapshot header is crc32 of (type + body). A transaction's is
+ * crc32 of its digest: type and fixed fields, then per page its number and its 64-bit page
+ * hash, the one the database checksum uses. Both sides compute that hash anyway (the master
+ * in the same pass as the WAL checksum, the replica to verify the transaction), so no page is
+ * read a third time for a crc. Page 1's hash leaves out SQLite's commit stamps, so its digest
+ * entry is crc32 of the whole page instead. A damaged page changes its 64-bit hash, hence the
+ * digest, and the crc misses that with the same 2^-32 chance as a crc over the page; outside
+ * recovery the replica's checksum verification (DESIGN §4) catches it as well.
  */
 export const RECORD_TX = 1;
 export const RECORD_HEARTBEAT = 2;
@@ -20,6 +29,9 @@ export interface Position {
 export interface PageImage {
   pgno: number;
   data: Buffer;
+  /** pageHash(pgno, data), when already known. */
+  hashA?: number;
+  hashB?: number;
 }
 
 export interface TxRecord extends Position {
@@ -83,13 +95,45 @@ export function encodeTxInto(r: Omit<TxRecord, 'type'>, buf: Buffer): Buffer {
   writeChecksum(buf, at + 24, r.checksum);
   buf.writeDoubleBE(r.commitTimeMs, at + 32);
   at += TX_FIXED;
-  for (const p of r.pages) {
+  const digest = txDigest(buf, r.pages.length);
+  for (let i = 0; i < r.pages.length; i++) {
+    const p = r.pages[i]!;
     if (p.data.length !== r.pageSize) throw new Error(`page ${p.pgno} is ${p.data.length} bytes, not ${r.pageSize}`);
     buf.writeUInt32BE(p.pgno, at);
     buf.set(p.data, at + 4);
     at += 4 + r.pageSize;
+    if (p.hashA !== undefined && p.hashB !== undefined) setDigestEntry(digest, i, p.pgno, p.data, p.hashA, p.hashB);
+    else {
+      const [a, b] = pageHash(p.pgno, p.data);
+      setDigestEntry(digest, i, p.pgno, p.data, a, b);
+    }
   }
-  return seal(buf);
+  buf.writeUInt32BE(buf.length - ENVELOPE, 0);
+  buf.writeUInt32BE(crc32(digest), buf.length - 4);
+  return buf;
+}
+
+const DIGEST_ENTRY = 12;
+let digestScratch = Buffer.allocUnsafeSlow(1 + TX_FIXED + 64 * DIGEST_ENTRY);
+
+/** A transaction's digest with its fixed part copied from the record; page entries follow. */
+function txDigest(record: Buffer, pages: number): Buffer {
+  const bytes = 1 + TX_FIXED + pages * DIGEST_ENTRY;
+  if (digestScratch.length < bytes) digestScratch = Buffer.allocUnsafeSlow(Math.max(bytes, 2 * digestScratch.length));
+  record.copy(digestScratch, 0, 4, 5 + TX_FIXED);
+  return digestScratch.subarray(0, bytes);
+}
+
+function setDigestEntry(digest: Buffer, i: number, pgno: number, data: Buffer, hashA: number, hashB: number): void {
+  const at = 1 + TX_FIXED + i * DIGEST_ENTRY;
+  digest.writeUInt32BE(pgno, at);
+  if (pgno === 1) {
+    digest.writeUInt32BE(crc32(data), at + 4);
+    digest.writeUInt32BE(0, at + 8);
+  } else {
+    digest.writeUInt32BE(hashA, at + 4);
+    digest.writeUInt32BE(hashB, at + 8);
+  }
 }
 
 export function encodeHeartbeat(r: Omit<HeartbeatRecord, 'type'>): Buffer {
@@ -121,8 +165,9 @@ export class CorruptRecordError extends Error {}
 export function decodeRecord(buf: Buffer): ReplicationRecord {
   if (buf.length < ENVELOPE + 1 || buf.readUInt32BE(0) !== buf.length - ENVELOPE) throw new CorruptRecordError('bad record length');
   const body = buf.subarray(4, buf.length - 4);
-  if (crc32(body) !== buf.readUInt32BE(buf.length - 4)) throw new CorruptRecordError('record crc mismatch');
   const type = body[0];
+  if (type === RECORD_TX) return decodeTx(buf, body);
+  if (crc32(body) !== buf.readUInt32BE(buf.length - 4)) throw new CorruptRecordError('record crc mismatch');
   if (type === RECORD_HEARTBEAT && body.length === 1 + HEARTBEAT_FIXED) {
     return {
       type,
@@ -142,16 +187,27 @@ export function decodeRecord(buf: Buffer): ReplicationRecord {
       pageCount: body.readUInt32BE(25),
     };
   }
-  if (type !== RECORD_TX || body.length < 1 + TX_FIXED) throw new CorruptRecordError(`unknown record type ${type}`);
+  throw new CorruptRecordError(`unknown record type ${type}`);
+}
+
+/** A transaction record: pages are views into `buf`, each with its page hash. */
+function decodeTx(buf: Buffer, body: Buffer): TxRecord {
+  if (body.length < 1 + TX_FIXED) throw new CorruptRecordError('transaction record too short');
   const pageSize = body.readUInt32BE(13);
   const n = body.readUInt32BE(21);
   if (body.length !== 1 + TX_FIXED + n * (4 + pageSize)) throw new CorruptRecordError('record size does not match its page count');
+  const digest = txDigest(buf, n);
   const pages: PageImage[] = [];
   for (let i = 0, at = 1 + TX_FIXED; i < n; i++, at += 4 + pageSize) {
-    pages.push({ pgno: body.readUInt32BE(at), data: body.subarray(at + 4, at + 4 + pageSize) });
+    const pgno = body.readUInt32BE(at);
+    const data = body.subarray(at + 4, at + 4 + pageSize);
+    const [hashA, hashB] = pageHash(pgno, data);
+    setDigestEntry(digest, i, pgno, data, hashA, hashB);
+    pages.push({ pgno, data, hashA, hashB });
   }
+  if (crc32(digest) !== buf.readUInt32BE(buf.length - 4)) throw new CorruptRecordError('record crc mismatch');
   return {
-    type,
+    type: RECORD_TX,
     epoch: body.readUInt32BE(1),
     txid: body.readDoubleBE(5),
     pageSize,

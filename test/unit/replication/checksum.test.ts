@@ -204,6 +204,15 @@ describe('DbChecksum', () => {
     assert.notEqual(reference(twins), reference([twins[0]!]));
   });
 
+  it('checksumHex is 16 lower-case hex digits, high half first', () => {
+    const ref = (a: number, b: number): string => (a >>> 0).toString(16).padStart(8, '0') + (b >>> 0).toString(16).padStart(8, '0');
+    const next = rng(5);
+    const values = [0, 1, 0xf, 0x10, 0x7fffffff, 0x80000000, 0xffffffff, -1];
+    for (let i = 0; i < 200; i++) values.push(Math.floor(next() * 2 ** 32));
+    for (const a of values) assert.equal(checksumHex(a, values[(a >>> 3) % values.length]!), ref(a, values[(a >>> 3) % values.length]!));
+    assert.equal(checksumHex(0xabcdef01, 0x11), 'abcdef0100000011');
+  });
+
   it('pageHash is deterministic, independent of alignment, and sees every word', () => {
     const p = pages[4]!;
     const h = pageHash(p.pgno, p.data);

@@ -10,6 +10,7 @@ import {
   RecordFramer,
   type TxRecord,
 } from '../../../server/src/replication/record.js';
+import { pageHash } from '../../../server/src/replication/checksum.js';
 import { randomBytes, rng } from './fixtures.js';
 
 const next = rng(11);
@@ -84,6 +85,42 @@ describe('replication records', () => {
       }
       assert.doesNotThrow(() => decodeRecord(buf));
     }
+  });
+
+  it('detects any flipped bit in a real-sized record, page 1 commit stamps included', () => {
+    const r = tx({ pageSize: 4096, pages: [{ pgno: 5, data: randomBytes(4096, next) }, { pgno: 1, data: randomBytes(4096, next) }] });
+    const buf = encodeTx(r);
+    const page1 = buf.length - 4 - 4096;
+    // Page 1's stamp bytes are outside the database checksum, so only the record check sees them.
+    for (const at of [page1 + 24, page1 + 27, page1 + 92, page1 + 99]) assert.ok(at < buf.length - 4);
+    for (let i = 0; i < buf.length; i++) {
+      const bad = Buffer.from(buf);
+      bad[i]! ^= 1 << (i & 7);
+      assert.throws(() => decodeRecord(bad), CorruptRecordError, `byte ${i}`);
+    }
+  });
+
+  it('page hashes given to the encoder change nothing; decoded pages carry them', () => {
+    const r = tx({ pageSize: 4096, pages: [{ pgno: 9, data: randomBytes(4096, next) }, { pgno: 1, data: randomBytes(4096, next) }] });
+    const hashed = {
+      ...r,
+      pages: r.pages.map((p) => {
+        const [hashA, hashB] = pageHash(p.pgno, p.data);
+        return { ...p, hashA, hashB };
+      }),
+    };
+    const buf = encodeTx(r);
+    assert.ok(encodeTx(hashed).equals(buf));
+    const d = decodeRecord(buf);
+    assert.equal(d.type, RECORD_TX);
+    if (d.type !== RECORD_TX) return;
+    assert.deepEqual(
+      d.pages.map((p) => [p.pgno, p.hashA, p.hashB]),
+      hashed.pages.map((p) => [p.pgno, p.hashA, p.hashB]),
+    );
+    // A wrong hash handed to the encoder makes a record the decoder refuses.
+    const wrong = { ...hashed, pages: hashed.pages.map((p, i) => (i === 0 ? { ...p, hashA: (p.hashA ^ 1) >>> 0 } : p)) };
+    assert.throws(() => decodeRecord(encodeTx(wrong)), CorruptRecordError);
   });
 
   it('refuses truncated and extended records', () => {

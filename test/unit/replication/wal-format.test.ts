@@ -12,6 +12,7 @@ import {
   type ScanState,
   type WalHeader,
 } from '../../../server/src/replication/wal-format.js';
+import { pageHash } from '../../../server/src/replication/checksum.js';
 import { openMaster, pageCount, pageSize, randomBytes, readPages, rng, tempDir, type TempDir } from './fixtures.js';
 
 /** A reference WAL checksum written from the format description, independent of the module. */
@@ -172,6 +173,23 @@ describe('wal-format on a real WAL', () => {
       assert.equal(state.offset, txStart(c.tx), c.what);
       transactions.forEach((t: CommittedTx, i) => assert.equal(t.endOffset, all[i]!.endOffset));
     }
+  });
+
+  it('each frame carries its page hash, the same from the fused pass (aligned) and the separate ones (unaligned)', () => {
+    const fused = scanFrames(wal.subarray(WAL_HEADER_BYTES), header, start(header));
+    const unaligned = atOffset(wal, 1).subarray(WAL_HEADER_BYTES);
+    assert.equal(unaligned.byteOffset % 4, (wal.byteOffset + 1 + WAL_HEADER_BYTES) % 4);
+    assert.notEqual(unaligned.byteOffset % 4, 0);
+    const separate = scanFrames(unaligned, header, start(header));
+    assert.deepEqual(separate.state, fused.state);
+    const frames = fused.transactions.flatMap((t) => t.frames);
+    const other = separate.transactions.flatMap((t) => t.frames);
+    assert.equal(other.length, frames.length);
+    assert.ok(frames.some((f) => f.pgno === 1), 'the workload writes page 1 too');
+    frames.forEach((f, i) => {
+      assert.deepEqual([f.hashA, f.hashB], pageHash(f.pgno, f.data), `frame ${i} (page ${f.pgno})`);
+      assert.deepEqual([other[i]!.hashA, other[i]!.hashB], [f.hashA, f.hashB], `frame ${i} unaligned`);
+    });
   });
 
   it('wrong salts stop the scan', () => {
