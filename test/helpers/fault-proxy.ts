@@ -15,7 +15,7 @@ import net from 'node:net';
  *   Exactly those N bytes reach the client, then a FIN; the master side is destroyed.
  * - `flip`: XOR one payload byte (at `payloadOffset`) of every matching response with `mask`.
  * - `flipRecord`: in a matching response carrying replication records
- *   (`u32 length | u8 type | body | u32 crc32`), XOR the byte at `offsetInRecord` (0 = first
+ *   (`u32 length | u8 type | body | u32 check`: a crc32 of the body, or for transactions of its page hashes), XOR the byte at `offsetInRecord` (0 = first
  *   byte of the length prefix, 4 = the type) of the next record of `recordType`. `times` caps
  *   how many records in all are damaged (default 1). Bytes of a record's first 5 are held back
  *   until its type is known, so the length prefix can be damaged too.
