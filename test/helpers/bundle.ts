@@ -37,15 +37,20 @@ export async function makeTarGz(entries: Entry[]): Promise<Buffer> {
 export const validBundle = (extra: Entry[] = [], config = CONFIG_YML): Promise<Buffer> =>
   makeTarGz([{ name: 'config.yml', content: config }, { name: 'ca.crt', content: CA_PEM }, ...extra]);
 
-/** The regular files of a tar.gz, by name. */
-export async function untarGz(data: Buffer): Promise<Map<string, Buffer>> {
-  const files = new Map<string, Buffer>();
+export interface TarEntry {
+  header: tar.Header;
+  content: Buffer;
+}
+
+/** Every entry of a tar.gz, headers included, in archive order. */
+export async function tarEntries(data: Buffer): Promise<TarEntry[]> {
+  const out: TarEntry[] = [];
   const extract = tar.extract();
   extract.on('entry', (header, stream, next) => {
     const parts: Buffer[] = [];
     stream.on('data', (c: unknown) => parts.push(c as Buffer));
     stream.on('end', () => {
-      if (header.type === 'file') files.set(header.name, Buffer.concat(parts));
+      out.push({ header, content: Buffer.concat(parts) });
       next();
     });
   });
@@ -55,5 +60,11 @@ export async function untarGz(data: Buffer): Promise<Map<string, Buffer>> {
   });
   extract.end(gunzipSync(data));
   await done;
-  return files;
+  return out;
+}
+
+/** The regular files of a tar.gz, by name. */
+export async function untarGz(data: Buffer): Promise<Map<string, Buffer>> {
+  const entries = await tarEntries(data);
+  return new Map(entries.filter((e) => e.header.type === 'file').map((e) => [e.header.name, e.content]));
 }

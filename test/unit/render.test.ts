@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { gunzipSync } from 'node:zlib';
-import tar from 'tar-stream';
 import YAML from 'yaml';
 import { configYaml, packNodeBundle, renderNode } from '../../server/src/domain/render/bundle.js';
 import { mergeInto, viewCluster, type ClusterRenderInputs, type RenderNode } from '../../server/src/domain/render/config.js';
@@ -18,7 +16,7 @@ import { openStore } from '../../server/src/db/open-store.js';
 import { renderUnrenderedNodes } from '../../server/src/domain/render/versions.js';
 import { DeadlineHeap } from '../../server/src/http/blocking/deadline-heap.js';
 import { holdMs } from '../../server/src/http/blocking/wait-param.js';
-import { validBundle } from '../helpers/bundle.js';
+import { tarEntries, validBundle } from '../helpers/bundle.js';
 
 const node = (id: string, ip: string, extra: Partial<RenderNode> = {}): RenderNode => ({
   id,
@@ -105,30 +103,6 @@ describe('renderer', () => {
   });
 });
 
-interface TarEntry {
-  header: tar.Header;
-  content: Buffer;
-}
-
-async function entriesOf(gz: Buffer): Promise<TarEntry[]> {
-  const out: TarEntry[] = [];
-  const extract = tar.extract();
-  extract.on('entry', (header, stream, next) => {
-    const parts: Buffer[] = [];
-    stream.on('data', (c: unknown) => parts.push(c as Buffer));
-    stream.on('end', () => {
-      out.push({ header, content: Buffer.concat(parts) });
-      next();
-    });
-  });
-  const done = new Promise<void>((resolve, reject) => {
-    extract.on('finish', resolve);
-    extract.on('error', reject);
-  });
-  extract.end(gunzipSync(gz));
-  await done;
-  return out;
-}
 
 describe('node bundle archive', () => {
   const config = { tun: { mtu: 1300 }, pki: { ca: 'ca.crt' } };
@@ -136,7 +110,7 @@ describe('node bundle archive', () => {
 
   it('holds config.yml, ca.crt and host.crt in that order, with pinned headers', async () => {
     const { body, sha256 } = await packNodeBundle({ config, caCert, hostCert: 'HOST' });
-    const entries = await entriesOf(body);
+    const entries = await tarEntries(body);
     assert.deepEqual(entries.map((e) => e.header.name), ['config.yml', 'ca.crt', 'host.crt']);
     assert.equal(entries[0]!.content.toString(), configYaml(config));
     assert.equal(entries[1]!.content.toString(), caCert);
