@@ -413,6 +413,78 @@ describe('Applier (unit)', () => {
     }
   });
 
+  it('a position file left behind the copy (a power loss) is replayed from until the checksums agree', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-applier-'));
+    try {
+      const replicaFile = path.join(dir, 'replica.db');
+      const masterFile = path.join(dir, 'master.db');
+      const stateFile = path.join(dir, 'replica.position');
+      const seed = openDatabase(replicaFile);
+      seed.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');
+      for (let i = 0; i < 100; i++) seed.prepare('INSERT INTO t (v) VALUES (?)').run(`row ${i} `.repeat(20));
+      seed.pragma('wal_checkpoint(TRUNCATE)');
+      seed.close();
+      copyFileSync(replicaFile, masterFile);
+      const startPages = pages(replicaFile);
+      const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
+      // The applier takes `start` over and moves it along.
+      const startValue = start.value;
+
+      // Two master transactions, each as the pages it changed (page 1 last).
+      let prev = startPages;
+      const tx = (txid: number, sql: string): TxRecord => {
+        const m = openDatabase(masterFile);
+        m.exec(sql);
+        m.pragma('wal_checkpoint(TRUNCATE)');
+        m.close();
+        const now = pages(masterFile);
+        const changed = now
+          .map((data, i) => ({ pgno: i + 1, data }))
+          .filter((pg) => !prev[pg.pgno - 1]?.equals(pg.data))
+          .sort((a, b) => (a.pgno === 1 ? 1 : b.pgno === 1 ? -1 : a.pgno - b.pgno));
+        prev = now;
+        const checksum = checksumPages(4096, now.map((data, i) => ({ pgno: i + 1, data }))).value;
+        return decodeRecord(encodeTx({ epoch: 1, txid, pageSize: 4096, dbSize: now.length, commitTimeMs: Date.now(), pages: changed, checksum })) as TxRecord;
+      };
+      const tx11 = tx(11, "UPDATE t SET v = 'eleven' WHERE id = 3");
+      const tx12 = tx(12, "UPDATE t SET v = 'twelve' WHERE id = 90; INSERT INTO t (v) VALUES ('more')");
+      const warn = (): void => {};
+
+      let applier = Applier.fromSnapshot(replicaFile, stateFile, warn, start, { epoch: 1, txid: 10, checksum: startValue });
+      assert.equal(applier.apply([tx11, tx12]).txid, 12);
+      assert.equal(applier.isRecovering, false);
+      applier.close();
+      // The power loss: the file kept both transactions, the position file only txid 10.
+      rmSync(stateFile);
+      const stale = new PositionFile(stateFile);
+      stale.write({ epoch: 1, txid: 10, checksum: startValue });
+      stale.close();
+
+      applier = Applier.open(replicaFile, stateFile, warn)!;
+      assert.equal(applier.position.txid, 10);
+      assert.equal(applier.isRecovering, true, 'the file is ahead of its position');
+      // The master resends 11 and 12: 11 does not match the file's checksum (allowed while
+      // recovering), 12 does, and from there on every transaction is verified again.
+      assert.equal(applier.apply([tx11]).txid, 11);
+      assert.equal(applier.isRecovering, true);
+      assert.equal(applier.apply([tx12]).txid, 12);
+      assert.equal(applier.isRecovering, false, 'the checksums agree again');
+      const tx13 = tx(13, "DELETE FROM t WHERE id < 50");
+      const wrong = { ...tx13, checksum: startValue };
+      assert.throws(() => applier.apply([wrong]), /checksum mismatch after txid 13/, 'verification is back on');
+      applier.close();
+      applier = Applier.open(replicaFile, stateFile, warn)!;
+      assert.equal(applier.position.txid, 12);
+      assert.equal(applier.isRecovering, false);
+      assert.equal(applier.apply([tx13]).txid, 13);
+      applier.close();
+      assertSamePages(pages(masterFile), pages(replicaFile), 'after the replay');
+      assert.equal(integrity(replicaFile), 'ok');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a copy started from a snapshot is at the snapshot’s position, not at the one in the state file it replaces', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-applier-'));
     try {
@@ -530,6 +602,30 @@ describe('replication faults between real processes', { timeout: 110_000 }, () =
     assert.deepEqual(await tenantNames(replica.url), now);
     assert.ok(now.names!.includes('new-4') && now.names!.includes('after-the-fault'));
     assert.equal(existsSync(tmp), false);
+    assertIdentical(master, replica);
+  });
+
+  it('a copy changed behind the replica’s back is found at its next start and replaced by a snapshot', { timeout: 40_000 }, async (t) => {
+    const s = scope(t, 'fault-tamper');
+    const master = await s.node('master', { NEBULAGC_HA_MODE: 'master' });
+    let replica = await s.node('replica', { NEBULAGC_HA_MODE: 'replica', NEBULAGC_MASTER_URL: master.url });
+    for (let i = 0; i < 10; i++) await createTenant(master.url, `t-${i}`);
+    await waitCaughtUp(master, replica);
+    await replica.stop();
+    // Its position file still names the master's position, but the file no longer matches it:
+    // at start the replica replays from that position looking for the file's checksum, and the
+    // master, idle, has nothing newer to offer.
+    const offline = new Database(replica.dbPath);
+    offline.exec("UPDATE tenants SET name = 'tampered' WHERE name = 't-3'");
+    offline.close();
+    replica = s.track(await replica.restart());
+    assert.ok(await waitUntil(() => /replication stream rejected/.test(replica.output()), 10_000), `the replica noticed\n${tail(replica)}`);
+    assert.match(replica.output(), /ahead of its position file/);
+    await waitCaughtUp(master, replica);
+    assert.ok(await waitUntil(() => /snapshot installed/.test(replica.output()), 3000), `a snapshot replaced the copy\n${tail(replica)}`);
+    const names = await tenantNames(replica.url);
+    assert.deepEqual(names, await tenantNames(master.url));
+    assert.ok(!names.names!.includes('tampered'));
     assertIdentical(master, replica);
   });
 

@@ -18,7 +18,7 @@ export interface ReplicaOptions {
 export interface ReplicaHooks {
   /** The copy was replaced or opened: reopen read connections. `undefined` closes them. */
   onCopyChanged(available: boolean): void;
-  /** A batch was applied (and its position fsynced); `commitTimesMs` are the master's commit times of its transactions. */
+  /** A batch was applied and its pages are on disk; `commitTimesMs` are the master's commit times of its transactions. */
   onApplied(pos: Position, txCount: number, bytes: number, commitTimesMs: number[]): void;
   onHeartbeat(masterTimeMs: number, receivedAtMs: number): void;
   onStreamError(err: unknown): void;
@@ -70,7 +70,10 @@ export class ReplicationReplica {
     mkdirSync(opts.dir, { recursive: true });
     this.stateFile = path.join(opts.dir, 'replica.position');
     this.applier = Applier.open(opts.dbPath, this.stateFile, this.warn);
-    if (this.applier) log.info({ position: this.applier.position }, 'replica copy opened');
+    if (this.applier) {
+      if (this.applier.isRecovering) log.warn({ position: this.applier.position }, 'replica copy is ahead of its position file (a crash or power loss); replaying from it until the checksums agree');
+      else log.info({ position: this.applier.position }, 'replica copy opened');
+    }
   }
 
   get position(): Position | undefined {
@@ -199,6 +202,12 @@ export class ReplicationReplica {
           } else if (r.type === RECORD_HEARTBEAT) {
             this.masterPosition = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
             this.hooks.onHeartbeat(r.masterTimeMs, performance.timeOrigin + performance.now());
+            // Replaying from a position file older than the file should meet a record's
+            // checksum on the way; reaching the master's newest without one means the file holds
+            // something the master never wrote.
+            if (this.queue.length === 0 && this.applier?.isRecovering && this.applier.position.txid >= r.txid) {
+              throw new ApplyError(`the copy matches no checksum of the master's up to txid ${r.txid}`);
+            }
           }
         }
         if (this.queue.length > 0) this.scheduleApply();
