@@ -70,7 +70,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     if (config.haMode === 'master') {
       master = new ReplicationMaster(
         store.writer,
-        { dbPath: config.dbPath, dir: replicationDir(config.dbPath), log: rep.log, walCheckpointBytes: rep.walCheckpointBytes },
+        { dbPath: config.dbPath, dir: replicationDir(config.dbPath), log: rep.log, walCheckpointBytes: rep.walCheckpointBytes, synchronous: config.synchronous },
         log,
       );
     }

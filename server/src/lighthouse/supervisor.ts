@@ -60,6 +60,8 @@ export class LighthouseSupervisor {
   private readonly certs = new Map<string, CertInfo>();
   private generation = -1;
   private nextTimeCheck = 0;
+  /** The wanted clusters the lighthouse directory was last pruned against. */
+  private prunedFor: string | undefined;
   private busy: Promise<void> | undefined;
   private again = false;
   private closed = false;
@@ -137,6 +139,7 @@ export class LighthouseSupervisor {
       return;
     }
     this.generation = generation;
+    const timeCheck = Date.now() >= this.nextTimeCheck;
     this.nextTimeCheck = Date.now() + TIME_CHECK_MS;
     const ids = new Set(wanted.map((c) => c.id));
     for (const [id, r] of this.running) {
@@ -145,7 +148,13 @@ export class LighthouseSupervisor {
       this.running.delete(id);
       log.info({ cluster_id: id }, 'lighthouse no longer wanted here: stopped');
     }
-    this.removeUnwantedDirs(ids);
+    // A readdir per pass was a tenth of a busy master's time; the set it prunes against
+    // rarely changes. The time check prunes again now and then.
+    const wantedKey = [...ids].join(',');
+    if (wantedKey !== this.prunedFor || timeCheck) {
+      this.removeUnwantedDirs(ids);
+      this.prunedFor = wantedKey;
+    }
     for (const c of wanted) {
       if (this.closed) return;
       await this.reconcile(c).catch((err: unknown) => {

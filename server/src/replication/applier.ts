@@ -154,8 +154,8 @@ export class Applier {
   }
 
   /**
-   * Verifies a group's transactions against the page hashes, then writes all their pages in
-   * ONE autocommit statement: page images tx by tx (each with page 1 last), and the truncation
+   * Verifies a group's transactions one by one against the page hashes, then writes the pages
+   * in ONE autocommit statement: the newest image of each page, page 1 last, and the truncation
    * row (size + 1, NULL) last when the database shrinks. Inside an explicit transaction SQLite
    * re-reads the page count from page 1 when the statement ends and then truncates nothing:
    * the freed pages would stay in the file, which would no longer be byte-identical.
@@ -163,7 +163,10 @@ export class Applier {
   private applyGroup(records: TxRecord[]): void {
     let pos = this.pos;
     let recovering = this.recovering;
-    const rows: (number | Buffer | null)[] = [];
+    // Readers see only the group's commit, so each page is written once, as the group's last
+    // transaction to touch it left it: consecutive small transactions mostly rewrite the same
+    // few pages, and writing every image made the apply cost grow with the batch.
+    const latest = new Map<number, Buffer>();
     let shrinkTo: number | undefined;
     for (const r of records) {
       if (r.txid !== pos.txid + 1) throw new ApplyError(`expected txid ${pos.txid + 1}, got ${r.txid}`);
@@ -171,7 +174,7 @@ export class Applier {
       // A shrinking transaction writes page 1 (the page count lives there), so it ends its group.
       shrinkTo = r.dbSize < this.checksum.pageCount ? r.dbSize : undefined;
       for (const p of r.pages) {
-        rows.push(p.pgno, p.data);
+        latest.set(p.pgno, p.data);
         if (p.hashA !== undefined && p.hashB !== undefined) this.checksum.setHash(p.pgno, p.hashA, p.hashB);
         else this.checksum.setPage(p.pgno, p.data);
       }
@@ -181,9 +184,13 @@ export class Applier {
       else throw new ApplyError(`checksum mismatch after txid ${r.txid}: have ${this.checksum.value}, master has ${r.checksum}`);
       pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
     }
+    // Page 1 last (only the group's last transaction writes it), then the truncation row.
+    const page1 = records[records.length - 1]!.pages.find((p) => p.pgno === 1);
+    const rows: (number | Buffer | null)[] = [];
+    for (const [pgno, data] of latest) if (pgno !== 1) rows.push(pgno, data);
+    if (page1) rows.push(1, page1.data);
     if (shrinkTo !== undefined) rows.push(shrinkTo + 1, null);
     this.pagesSinceCheckpoint += rows.length / 2;
-    const page1 = records[records.length - 1]!.pages.find((p) => p.pgno === 1);
     if (page1) this.stamps.prepare(imageStamp(page1.data));
     this.writeRows(rows);
     if (page1) this.stamps.committed();

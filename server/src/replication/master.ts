@@ -1,8 +1,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { openDatabase, type Db } from '../db/connection.js';
+import { openDatabase, type Db, type Synchronous } from '../db/connection.js';
 import type { Writer } from '../db/writer.js';
 import type { Logger } from '../log.js';
+import { BackgroundCheckpointer } from './background-checkpointer.js';
 import { WalCapture, type CapturedTx } from './capture.js';
 import { ReplicationLog } from './log.js';
 import { encodeHeartbeat, encodeTxInto, txRecordBytes, type Position } from './record.js';
@@ -12,6 +13,8 @@ export interface MasterOptions {
   dir: string;
   log: { maxBytes: number; maxAgeMs: number; memoryBytes: number };
   walCheckpointBytes: number;
+  /** The writer's setting, for the checkpoint thread's connection (its fsyncs follow it). */
+  synchronous?: Synchronous;
   captureIntervalMs?: number;
   heartbeatIntervalMs?: number;
 }
@@ -64,6 +67,7 @@ export class ReplicationMaster {
   /** Commits happened that no capture has read yet; a setImmediate will. */
   private captureDue = false;
   private checkpointDue = false;
+  private readonly background: BackgroundCheckpointer | undefined;
   readonly events: MasterEvents = {};
 
   constructor(
@@ -104,6 +108,7 @@ export class ReplicationMaster {
       afterAcquire: () => this.publish(this.capture.capture()),
     });
     writer.onCommit(() => this.commitSeen());
+    if (opts.walCheckpointBytes > 0) this.background = new BackgroundCheckpointer(opts.dbPath, opts.synchronous ?? 'FULL');
     this.log.onFlushed = () => this.wakeAll();
     logger.info({ position: this.position }, 'replication master ready');
   }
@@ -112,6 +117,11 @@ export class ReplicationMaster {
   get position(): Position {
     if (this.captureDue) this.captureNow();
     return this.capture.position;
+  }
+
+  /** A WAL checkpoint is due or under way (on the checkpoint thread, then here). */
+  get checkpointing(): boolean {
+    return this.checkpointDue;
   }
 
   start(): void {
@@ -167,8 +177,28 @@ export class ReplicationMaster {
     this.guarded(() => this.captureNow());
   };
 
+  /**
+   * The bulk of the copy runs on the checkpoint thread, bounded by a pin moved up to everything
+   * captured; then checkpointWal() copies the few frames written meanwhile and restarts the WAL.
+   */
   private readonly checkpointSoon = (): void => {
     // Still due while it runs: its own capture must not schedule another one.
+    if (this.closed) return;
+    if (!this.background) return this.finishCheckpoint();
+    this.guarded(() => {
+      this.publish(this.capture.refreshPin());
+      this.log.flush();
+    });
+    this.background.passive().then(
+      () => setImmediate(this.finishCheckpoint),
+      (err: unknown) => {
+        this.logger.warn({ err: (err as Error).message }, 'background WAL checkpoint failed; checkpointing on the event loop');
+        setImmediate(this.finishCheckpoint);
+      },
+    );
+  };
+
+  private readonly finishCheckpoint = (): void => {
     if (!this.closed) this.guarded(() => this.checkpointWal());
     this.checkpointDue = false;
   };
@@ -254,13 +284,14 @@ export class ReplicationMaster {
     return n;
   }
 
-  close(): void {
+  async close(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     this.captureNow();
     this.closed = true;
     this.log.close();
     this.capture.close();
     for (const p of this.pins) p.close();
+    await this.background?.close();
   }
 
   private publish(txs: CapturedTx[]): void {

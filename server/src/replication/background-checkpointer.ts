@@ -1,0 +1,70 @@
+import { Worker } from 'node:worker_threads';
+import type { Synchronous } from '../db/connection.js';
+
+export interface CheckpointResult {
+  busy: number;
+  log: number;
+  checkpointed: number;
+}
+
+/**
+ * Copies WAL frames into the database file on another thread. A checkpoint's cost is two
+ * fsyncs and a write per page; on the event loop it was a 5–40 ms stall every few MiB of WAL
+ * (and 13 % of a master's time at 10,000 commits/s). The caller still finishes with its own
+ * short checkpoint on its connection: only that one can see the WAL fully copied and let it
+ * start over, since writes go on while this one runs.
+ */
+export class BackgroundCheckpointer {
+  private readonly worker: Worker;
+  private pending: { resolve(r: CheckpointResult): void; reject(err: Error): void } | undefined;
+  private closed = false;
+
+  constructor(dbPath: string, synchronous: Synchronous) {
+    this.worker = new Worker(new URL('./checkpoint-worker.js', import.meta.url), { workerData: { dbPath, synchronous } });
+    // Only a checkpoint in flight keeps the process alive.
+    this.worker.unref();
+    this.worker.on('message', (m: ({ ok: true } & CheckpointResult) | { ok: false; error: string }) => {
+      const p = this.settle();
+      if (m.ok) p?.resolve({ busy: m.busy, log: m.log, checkpointed: m.checkpointed });
+      else p?.reject(new Error(m.error));
+    });
+    this.worker.on('error', (err) => this.settle()?.reject(err));
+    this.worker.on('exit', (code) => {
+      this.closed = true;
+      this.settle()?.reject(new Error(`checkpoint thread exited (${code})`));
+    });
+  }
+
+  get running(): boolean {
+    return this.pending !== undefined;
+  }
+
+  /** A PASSIVE checkpoint on the thread; rejects if one is already running or the thread is gone. */
+  passive(): Promise<CheckpointResult> {
+    if (this.closed) return Promise.reject(new Error('checkpoint thread is closed'));
+    if (this.pending) return Promise.reject(new Error('a checkpoint is already running'));
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      this.worker.ref();
+      this.worker.postMessage({ type: 'checkpoint' });
+    });
+  }
+
+  /** Lets a running checkpoint finish, then closes the thread's connection; resolves when it has exited. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    // Someone waits for the exit now: keep the process alive until it comes.
+    this.worker.ref();
+    this.worker.postMessage({ type: 'close' });
+    await exited;
+  }
+
+  private settle(): { resolve(r: CheckpointResult): void; reject(err: Error): void } | undefined {
+    const p = this.pending;
+    this.pending = undefined;
+    if (!this.closed) this.worker.unref();
+    return p;
+  }
+}
