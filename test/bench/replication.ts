@@ -177,7 +177,7 @@ async function captureRun(synchronous: Synchronous, replication: boolean, second
     const cpu = process.cpuUsage(cpu0);
     return { replication, rate: (n * 1000) / ms, cpuMicros: (cpu.user + cpu.system) / n };
   } finally {
-    master?.close();
+    await master?.close();
     opened?.close();
     tmp.remove();
   }

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import type { Statement } from 'better-sqlite3';
 import type { Db } from '../db/connection.js';
+import { BackgroundCheckpointer, FINAL_STEP_PAGES, MAX_BACKGROUND_PASSES } from './background-checkpointer.js';
 import { imageStamp, openApplierConnection, StampFollower } from './page-one-stamps.js';
 import { readAllPages } from './capture.js';
 import { DbChecksum } from './checksum.js';
@@ -42,7 +43,11 @@ export class Applier {
 
   private readonly stamps: StampFollower;
 
+  private background: BackgroundCheckpointer | undefined;
+  private closed = false;
+
   private constructor(
+    private readonly dbPath: string,
     db: Db,
     positionFile: PositionFile,
     checksum: DbChecksum,
@@ -90,7 +95,7 @@ export class Applier {
       }
       checksum.resize(last);
     }
-    return new Applier(db, positionFile, checksum, stored, checksum.value !== stored.checksum, fileStamp, warn);
+    return new Applier(dbPath, db, positionFile, checksum, stored, checksum.value !== stored.checksum, fileStamp, warn);
   }
 
   /** Starts a copy from a snapshot that was just put in place. */
@@ -145,12 +150,19 @@ export class Applier {
   }
 
   /**
-   * Copies the WAL into the database file, never waiting for readers (a PASSIVE checkpoint),
-   * so the next commit can start the WAL over. Call it after a batch is durable and reported.
+   * Copies the WAL into the database file, never waiting for readers (PASSIVE checkpoints), so
+   * a later commit can start the WAL over: most of it on the checkpoint thread while batches go
+   * on, then what those batches added, here. Call it after a batch is durable and reported.
    */
-  checkpoint(): void {
+  async checkpoint(): Promise<void> {
+    // Created on first use, so a copy that is opened and closed again costs no thread.
+    this.background ??= new BackgroundCheckpointer(this.dbPath, 'FULL');
+    for (let pass = 0; pass < MAX_BACKGROUND_PASSES && this.pagesSinceCheckpoint > FINAL_STEP_PAGES; pass++) {
+      this.pagesSinceCheckpoint = 0;
+      if ((await this.background.passive()).busy !== 0) break;
+    }
     this.pagesSinceCheckpoint = 0;
-    this.db.pragma('wal_checkpoint(PASSIVE)');
+    if (!this.closed) this.db.pragma('wal_checkpoint(PASSIVE)');
   }
 
   /**
@@ -218,9 +230,17 @@ export class Applier {
     }
   }
 
-  close(): void {
+  /**
+   * Closes the copy. Resolves once the checkpoint thread has closed its connection too: the
+   * last connection to close deletes the WAL by its name, which must not happen after another
+   * file (a snapshot) has taken that name.
+   */
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    this.closed = true;
     this.positionFile.close();
     this.db.close();
+    return this.background?.close() ?? Promise.resolve();
   }
 
   private statementFor(rows: number): Statement {

@@ -1,6 +1,14 @@
 import { Worker } from 'node:worker_threads';
 import type { Synchronous } from '../db/connection.js';
 
+/**
+ * Writes go on while the thread copies, so what is left afterwards for the caller's own step
+ * can be as big as the step was. Callers run more passes (each shorter than the last) while
+ * more than FINAL_STEP_PAGES are left, up to MAX_BACKGROUND_PASSES.
+ */
+export const MAX_BACKGROUND_PASSES = 4;
+export const FINAL_STEP_PAGES = 128;
+
 export interface CheckpointResult {
   busy: number;
   log: number;

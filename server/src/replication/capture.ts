@@ -133,6 +133,11 @@ export class WalCapture {
     return this.checksum.pageSize;
   }
 
+  /** Frames captured in the current WAL (since its last restart). */
+  get walFrames(): number {
+    return this.framesCaptured;
+  }
+
   /** WAL bytes captured since our last checkpoint attempt. */
   get uncheckpointedBytes(): number {
     return this.framesSinceCheckpoint * (24 + this.checksum.pageSize);

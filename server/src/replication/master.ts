@@ -3,7 +3,7 @@ import path from 'node:path';
 import { openDatabase, type Db, type Synchronous } from '../db/connection.js';
 import type { Writer } from '../db/writer.js';
 import type { Logger } from '../log.js';
-import { BackgroundCheckpointer } from './background-checkpointer.js';
+import { BackgroundCheckpointer, FINAL_STEP_PAGES, MAX_BACKGROUND_PASSES } from './background-checkpointer.js';
 import { WalCapture, type CapturedTx } from './capture.js';
 import { ReplicationLog } from './log.js';
 import { encodeHeartbeat, encodeTxInto, txRecordBytes, type Position } from './record.js';
@@ -184,19 +184,31 @@ export class ReplicationMaster {
   private readonly checkpointSoon = (): void => {
     // Still due while it runs: its own capture must not schedule another one.
     if (this.closed) return;
-    if (!this.background) return this.finishCheckpoint();
+    if (this.background) this.backgroundPass(this.background, 1);
+    else this.finishCheckpoint();
+  };
+
+  /** One pass on the checkpoint thread; then another, or the step's end here (see MAX_BACKGROUND_PASSES). */
+  private backgroundPass(background: BackgroundCheckpointer, pass: number): void {
     this.guarded(() => {
       this.publish(this.capture.refreshPin());
       this.log.flush();
     });
-    this.background.passive().then(
-      () => setImmediate(this.finishCheckpoint),
+    background.passive().then(
+      (r) =>
+        setImmediate(() => {
+          if (this.closed) return this.finishCheckpoint();
+          this.captureNow();
+          const left = this.capture.walFrames - r.checkpointed;
+          if (r.busy === 0 && pass < MAX_BACKGROUND_PASSES && left > FINAL_STEP_PAGES) this.backgroundPass(background, pass + 1);
+          else this.finishCheckpoint();
+        }),
       (err: unknown) => {
         this.logger.warn({ err: (err as Error).message }, 'background WAL checkpoint failed; checkpointing on the event loop');
         setImmediate(this.finishCheckpoint);
       },
     );
-  };
+  }
 
   private readonly finishCheckpoint = (): void => {
     if (!this.closed) this.guarded(() => this.checkpointWal());

@@ -48,6 +48,8 @@ export class ReplicationReplica {
   private queueBytes = 0;
   private applyScheduled = false;
   private checkpointScheduled = false;
+  /** Copies being closed; a snapshot must not take the file's name before they are. */
+  private closing: Promise<void> | undefined;
   private waiters: Waiter[] = [];
   private readonly stateFile: string;
   /** The master's latest position, from its records and heartbeats. */
@@ -104,8 +106,9 @@ export class ReplicationReplica {
       w.resolve(false);
     }
     this.waiters = [];
-    this.applier?.close();
+    if (this.applier) this.retire(this.applier);
     this.applier = undefined;
+    await this.closing;
   }
 
   /** Resolves true once the copy reaches `txid`, false after `timeoutMs`. */
@@ -257,13 +260,12 @@ export class ReplicationReplica {
     // After the records that arrived with this batch have been applied and reported.
     if (this.applier?.checkpointDue && !this.checkpointScheduled) {
       this.checkpointScheduled = true;
+      const applier = this.applier;
       setImmediate(() => {
-        this.checkpointScheduled = false;
-        try {
-          this.applier?.checkpoint();
-        } catch (err) {
-          this.log.warn({ err: (err as Error).message }, 'checkpoint of the copy failed; will retry');
-        }
+        applier
+          .checkpoint()
+          .catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'checkpoint of the copy failed; will retry'))
+          .finally(() => (this.checkpointScheduled = false));
       });
     }
   }
@@ -304,9 +306,13 @@ export class ReplicationReplica {
     this.queueBytes = 0;
     if (this.applier) {
       this.hooks.onCopyChanged(false);
-      this.applier.close();
+      this.retire(this.applier);
       this.applier = undefined;
     }
+  }
+
+  private retire(applier: Applier): void {
+    this.closing = Promise.all([this.closing, applier.close()]).then(() => undefined);
   }
 
   private async takeSnapshot(): Promise<void> {
@@ -314,6 +320,7 @@ export class ReplicationReplica {
     const snap = await downloadSnapshot(this.client, this.opts.dbPath, this.log, this.abort.signal);
     // Only a verified file replaces the copy; the old one served until this moment.
     this.closeCopy();
+    await this.closing;
     installSnapshot(snap, this.opts.dbPath);
     this.applier = Applier.fromSnapshot(this.opts.dbPath, this.stateFile, this.warn, snap.checksum, snap.position);
     this.snapshotsTaken++;
