@@ -540,7 +540,8 @@ describe('replication between real processes', () => {
       for (const id of stream.acked) assert.ok(ids.has(id), `acknowledged node ${id} missing on the replica`);
       const text = await metricsText(replica);
       assert.equal(metric(text, 'nebulagc_replication_snapshots_total'), 0, 'the restarted replica took a snapshot');
-      assert.match(replica.output(), /replica copy opened/);
+      // Killed between a commit and its position write, it replays the overlap; either way no snapshot.
+      assert.match(replica.output(), /replica copy opened|replica copy is ahead of its position file/);
       assert.ok(metric(text, 'nebulagc_replication_transactions_total')! > 0, 'the restarted replica applied nothing');
     } finally {
       await fx.cleanup();
