@@ -34,6 +34,7 @@ interface Waiter {
 
 const MAX_RECORD_BYTES = 1 << 30;
 const BACKOFF_MIN_MS = 100;
+const ACK_INTERVAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
 
 /**
@@ -296,7 +297,12 @@ export class ReplicationReplica {
     this.waiters = still;
   }
 
-  /** Acknowledges the durable position to the master, at most one request in flight. */
+  /**
+   * Acknowledges the durable position to the master, at most one request in flight and one per
+   * ACK_INTERVAL_MS. Acks only feed the master's view of its replicas (lag in /cluster/replicas
+   * and metrics); each is a whole HTTP request on both sides, and at 20 ms they were most of
+   * both processes' event-loop stalls at 1,000 commits/s (docs/BENCHMARKS.md).
+   */
   private scheduleAck(): void {
     if (this.ackTimer || this.ackInFlight) return;
     this.ackTimer = setTimeout(() => {
@@ -311,7 +317,7 @@ export class ReplicationReplica {
           this.ackInFlight = false;
           if (this.position && this.position.txid !== pos.txid) this.scheduleAck();
         });
-    }, 20);
+    }, ACK_INTERVAL_MS);
     this.ackTimer.unref();
   }
 

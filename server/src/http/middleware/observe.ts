@@ -196,7 +196,10 @@ export const observe = (metrics: Metrics, log: Logger): MiddlewareHandler<AppEnv
     count.pending++;
     if (stats.durations) stats.durations.add(seconds);
     else stats.observe!(seconds);
-    const level = status >= 500 ? 'error' : status >= 400 || c.req.method !== 'GET' ? 'info' : 'debug';
+    // Server-to-server traffic (replica acks, forwarded heartbeats) is steady and routine: only
+    // its failures are worth a line at the default level.
+    const routine = c.req.method === 'GET' || c.req.path.startsWith('/internal/');
+    const level = status >= 500 ? 'error' : status >= 400 || !routine ? 'info' : 'debug';
     if (log.isLevelEnabled(level)) {
       const principal = c.get('principal');
       log[level](
