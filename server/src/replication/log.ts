@@ -1,4 +1,5 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writevSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Checksum } from './checksum.js';
 import { decodeRecord, RecordFramer, type Position } from './record.js';
@@ -193,14 +194,20 @@ export class ReplicationLog {
     this.durableTxid = undefined;
   }
 
-  /** Applies the size and age limits; call it now and then. */
-  trim(now: number = Date.now()): void {
+  /**
+   * Applies the size and age limits; call it now and then. The log forgets the dropped
+   * segments at once; their files are deleted on the thread pool (the promise settles then):
+   * deleting a 16 MiB file takes milliseconds, and a busy master drops dozens at a time (a
+   * trim with them on the event loop stalled it for 40–105 ms at 10,000 commits/s).
+   */
+  trim(now: number = Date.now()): Promise<void> {
+    const dropped: string[] = [];
     while (this.segments.length > 1) {
       const oldest = this.segments[0]!;
       const tooBig = this.diskBytes > this.limits.maxBytes;
       const tooOld = now - oldest.newestTimeMs > this.limits.maxAgeMs;
       if (!tooBig && !tooOld) break;
-      unlinkSync(oldest.file);
+      dropped.push(oldest.file);
       this.segments.shift();
       while (this.head < this.entries.length && this.entries[this.head]!.segment === oldest) {
         const e = this.entries[this.head]!;
@@ -214,6 +221,7 @@ export class ReplicationLog {
       this.memoryFrom = Math.max(0, this.memoryFrom - this.head);
       this.head = 0;
     }
+    return Promise.all(dropped.map((file) => rm(file, { force: true }))).then(() => undefined);
   }
 
   flush(): void {

@@ -140,7 +140,10 @@ export class ReplicationMaster {
     every(this.opts.captureIntervalMs ?? 50, () => this.captureNow());
     // Lets other processes' checkpoints (Litestream's) copy what has been captured.
     every(1000, () => this.publish(this.capture.refreshPin()));
-    every(10_000, () => this.log.trim());
+    // Often, so each pass drops few segments.
+    every(1000, () => {
+      this.log.trim().catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, 'could not delete an old replication log segment'));
+    });
     every(this.opts.heartbeatIntervalMs ?? 500, () => {
       if (Date.now() - this.lastRecordAt >= (this.opts.heartbeatIntervalMs ?? 500)) this.wakeAll();
     });

@@ -108,11 +108,11 @@ describe('ReplicationLog', () => {
     assert.equal(log.diskBytes, RECORD * 10);
   });
 
-  it('trim() by maxBytes drops old segments; covers() turns false for them, true for recent ones', () => {
+  it('trim() by maxBytes drops old segments; covers() turns false for them, true for recent ones', async () => {
     const log = newLog(limits({ segmentBytes: RECORD * 3, maxBytes: RECORD * 5, memoryBytes: RECORD }));
     const made = appendAll(log, 1, 12);
     log.flush();
-    log.trim();
+    await log.trim();
     // 4 segments of 3 records; at most 5 records' bytes may stay: only the newest segment does.
     assert.ok(log.diskBytes <= RECORD * 5, `${log.diskBytes} bytes kept`);
     assert.deepEqual(segments(), ['seg-0000000000000010.log']);
@@ -130,23 +130,23 @@ describe('ReplicationLog', () => {
     assert.deepEqual(txidsOf(log.recordsAfter(9)), [10, 11, 12, 13]);
   });
 
-  it('after trim(), the log answers nothing about txids it no longer holds', () => {
+  it('after trim(), the log answers nothing about txids it no longer holds', async () => {
     const log = newLog(limits({ segmentBytes: RECORD * 3, maxBytes: RECORD * 3 }));
     appendAll(log, 1, 9);
     log.flush();
-    log.trim();
+    await log.trim();
     assert.equal(log.first, 7);
     assert.equal(log.checksumAt(3), undefined, 'checksumAt(3) after txid 3 was trimmed');
     assert.equal(log.commitTimeOf(3), undefined, 'commitTimeOf(3) after txid 3 was trimmed');
   });
 
-  it('trim() by age drops all but the newest segment', () => {
+  it('trim() by age drops all but the newest segment', async () => {
     const log = newLog(limits({ segmentBytes: RECORD * 3, maxAgeMs: 60_000 }));
     appendAll(log, 1, 9);
     log.flush();
-    log.trim(BASE_TIME); // nothing is old yet
+    await log.trim(BASE_TIME); // nothing is old yet
     assert.equal(segments().length, 3);
-    log.trim(BASE_TIME + 3_600_000);
+    await log.trim(BASE_TIME + 3_600_000);
     assert.deepEqual(segments(), ['seg-0000000000000007.log']);
     assert.equal(log.first, 7);
     assert.deepEqual(log.last?.txid, 9);
@@ -302,11 +302,11 @@ describe('ReplicationLog', () => {
     assert.equal(reopened.last?.txid, 101);
   });
 
-  it('keeps answering correctly after trimming thousands of entries (index compaction)', () => {
+  it('keeps answering correctly after trimming thousands of entries (index compaction)', async () => {
     const tiny = make(0, 0).buf.length;
     const log = newLog(limits({ segmentBytes: tiny * 100, maxBytes: tiny * 250, memoryBytes: tiny * 50 }));
     const made = appendAll(log, 1, 10_000, 0);
-    log.trim();
+    await log.trim();
     assert.equal(log.first, 9801, 'three segments of 100 are kept');
     assert.equal(log.last?.txid, 10_000);
     assert.equal(log.covers(9799), false);
@@ -317,7 +317,7 @@ describe('ReplicationLog', () => {
     assert.equal(got.length, 150);
     got.forEach((b, i) => assert.ok(b.equals(made[9850 + i]!.buf), `record ${9851 + i}`));
     appendAll(log, 10_001, 10_300, 0);
-    log.trim();
+    await log.trim();
     assert.equal(log.last?.txid, 10_300);
     assert.deepEqual(txidsOf(log.recordsAfter(10_290)), Array.from({ length: 10 }, (_, i) => 10_291 + i));
   });
