@@ -343,44 +343,48 @@ describe('the fault proxy itself', () => {
 
 // ---------------------------------------------------------------------------------------------
 
+/** A replica's file and a master's copy of it, seeded with `rows` rows, in a temp dir. */
+function applierFiles(rows: number): { dir: string; replicaFile: string; masterFile: string; stateFile: string; startPages: Buffer[] } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-applier-'));
+  const replicaFile = path.join(dir, 'replica.db');
+  const masterFile = path.join(dir, 'master.db');
+  const seed = openDatabase(replicaFile);
+  seed.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');
+  const ins = seed.prepare('INSERT INTO t (v) VALUES (?)');
+  for (let i = 0; i < rows; i++) ins.run(`row ${i} `.repeat(20));
+  seed.pragma('wal_checkpoint(TRUNCATE)');
+  seed.close();
+  copyFileSync(replicaFile, masterFile);
+  return { dir, replicaFile, masterFile, stateFile: path.join(dir, 'replica.position'), startPages: pages(replicaFile) };
+}
+
+/**
+ * The master's next transaction: runs `sql` on the master's file and returns the pages it
+ * changed against `before` (page 1 last) and the record that ships them, with the checksum of
+ * the whole file after it.
+ */
+function masterTx(masterFile: string, before: Buffer[], txid: number, sql: string): { after: Buffer[]; changed: { pgno: number; data: Buffer }[]; record: Omit<TxRecord, 'type'> } {
+  const m = openDatabase(masterFile);
+  m.exec(sql);
+  m.pragma('wal_checkpoint(TRUNCATE)');
+  m.close();
+  const after = pages(masterFile);
+  const changed = after
+    .map((data, i) => ({ pgno: i + 1, data }))
+    .filter((p) => !before[p.pgno - 1]?.equals(p.data))
+    .sort((a, b) => (a.pgno === 1 ? 1 : b.pgno === 1 ? -1 : a.pgno - b.pgno));
+  const checksum = checksumPages(4096, after.map((data, i) => ({ pgno: i + 1, data }))).value;
+  return { after, changed, record: { epoch: 1, txid, pageSize: 4096, dbSize: after.length, commitTimeMs: Date.now(), pages: changed, checksum } };
+}
+
 describe('Applier (unit)', () => {
   it('a byte changed before sealing (crc right, content wrong) fails the checksum; the copy rolls back and needs a snapshot', () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-applier-'));
+    const { dir, replicaFile, masterFile, stateFile, startPages: before } = applierFiles(200);
     try {
-      const replicaFile = path.join(dir, 'replica.db');
-      const masterFile = path.join(dir, 'master.db');
-      const stateFile = path.join(dir, 'replica.position');
-      const seedDb = openDatabase(replicaFile);
-      seedDb.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');
-      const ins = seedDb.prepare('INSERT INTO t (v) VALUES (?)');
-      for (let i = 0; i < 200; i++) ins.run(`row ${i} `.repeat(20));
-      seedDb.pragma('wal_checkpoint(TRUNCATE)');
-      seedDb.close();
-      copyFileSync(replicaFile, masterFile);
-      const before = pages(replicaFile);
       const start = checksumPages(4096, before.map((data, i) => ({ pgno: i + 1, data })));
-
-      // The master's next transaction: the pages its write changed, page 1 last.
-      const m = openDatabase(masterFile);
-      m.exec("UPDATE t SET v = 'changed' WHERE id = 7");
-      for (let i = 0; i < 50; i++) m.prepare('INSERT INTO t (v) VALUES (?)').run(`new ${i} `.repeat(30));
-      m.pragma('wal_checkpoint(TRUNCATE)');
-      m.close();
-      const afterPages = pages(masterFile);
-      const changed = afterPages
-        .map((data, i) => ({ pgno: i + 1, data }))
-        .filter((p) => !before[p.pgno - 1]?.equals(p.data))
-        .sort((a, b) => (a.pgno === 1 ? 1 : b.pgno === 1 ? -1 : a.pgno - b.pgno));
+      const inserts = Array.from({ length: 50 }, (_, i) => `INSERT INTO t (v) VALUES ('${`new ${i} `.repeat(30)}');`).join(' ');
+      const { after: afterPages, changed, record: good } = masterTx(masterFile, before, 11, `UPDATE t SET v = 'changed' WHERE id = 7; ${inserts}`);
       assert.ok(changed.length >= 2);
-      const good: Omit<TxRecord, 'type'> = {
-        epoch: 1,
-        txid: 11,
-        pageSize: 4096,
-        dbSize: afterPages.length,
-        commitTimeMs: Date.now(),
-        pages: changed,
-        checksum: checksumPages(4096, afterPages.map((data, i) => ({ pgno: i + 1, data }))).value,
-      };
       const damaged = changed.map((p) => ({ pgno: p.pgno, data: Buffer.from(p.data) }));
       damaged[0]!.data[2000]! ^= 0x20;
       const bad = decodeRecord(encodeTx({ ...good, pages: damaged })) as TxRecord;
@@ -414,37 +418,16 @@ describe('Applier (unit)', () => {
   });
 
   it('a position file left behind the copy (a power loss) is replayed from until the checksums agree', () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-applier-'));
+    const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(100);
     try {
-      const replicaFile = path.join(dir, 'replica.db');
-      const masterFile = path.join(dir, 'master.db');
-      const stateFile = path.join(dir, 'replica.position');
-      const seed = openDatabase(replicaFile);
-      seed.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');
-      for (let i = 0; i < 100; i++) seed.prepare('INSERT INTO t (v) VALUES (?)').run(`row ${i} `.repeat(20));
-      seed.pragma('wal_checkpoint(TRUNCATE)');
-      seed.close();
-      copyFileSync(replicaFile, masterFile);
-      const startPages = pages(replicaFile);
       const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
       // The applier takes `start` over and moves it along.
       const startValue = start.value;
-
-      // Two master transactions, each as the pages it changed (page 1 last).
       let prev = startPages;
       const tx = (txid: number, sql: string): TxRecord => {
-        const m = openDatabase(masterFile);
-        m.exec(sql);
-        m.pragma('wal_checkpoint(TRUNCATE)');
-        m.close();
-        const now = pages(masterFile);
-        const changed = now
-          .map((data, i) => ({ pgno: i + 1, data }))
-          .filter((pg) => !prev[pg.pgno - 1]?.equals(pg.data))
-          .sort((a, b) => (a.pgno === 1 ? 1 : b.pgno === 1 ? -1 : a.pgno - b.pgno));
-        prev = now;
-        const checksum = checksumPages(4096, now.map((data, i) => ({ pgno: i + 1, data }))).value;
-        return decodeRecord(encodeTx({ epoch: 1, txid, pageSize: 4096, dbSize: now.length, commitTimeMs: Date.now(), pages: changed, checksum })) as TxRecord;
+        const t = masterTx(masterFile, prev, txid, sql);
+        prev = t.after;
+        return decodeRecord(encodeTx(t.record)) as TxRecord;
       };
       const tx11 = tx(11, "UPDATE t SET v = 'eleven' WHERE id = 3");
       const tx12 = tx(12, "UPDATE t SET v = 'twelve' WHERE id = 90; INSERT INTO t (v) VALUES ('more')");
