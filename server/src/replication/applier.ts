@@ -157,12 +157,16 @@ export class Applier {
   async checkpoint(): Promise<void> {
     // Created on first use, so a copy that is opened and closed again costs no thread.
     this.background ??= new BackgroundCheckpointer(this.dbPath, 'FULL');
-    for (let pass = 0; pass < MAX_BACKGROUND_PASSES && this.pagesSinceCheckpoint > FINAL_STEP_PAGES; pass++) {
+    try {
+      for (let pass = 0; pass < MAX_BACKGROUND_PASSES && this.pagesSinceCheckpoint > FINAL_STEP_PAGES; pass++) {
+        this.pagesSinceCheckpoint = 0;
+        if ((await this.background.passive()).busy !== 0) break;
+      }
+    } finally {
+      // Also when the thread failed: then this one does all the copying, as before it existed.
       this.pagesSinceCheckpoint = 0;
-      if ((await this.background.passive()).busy !== 0) break;
+      if (!this.closed) this.db.pragma('wal_checkpoint(PASSIVE)');
     }
-    this.pagesSinceCheckpoint = 0;
-    if (!this.closed) this.db.pragma('wal_checkpoint(PASSIVE)');
   }
 
   /**

@@ -23,38 +23,31 @@ export interface CheckpointResult {
  * start over, since writes go on while this one runs.
  */
 export class BackgroundCheckpointer {
-  private readonly worker: Worker;
+  private worker: Worker | undefined;
   private pending: { resolve(r: CheckpointResult): void; reject(err: Error): void } | undefined;
   private closed = false;
 
-  constructor(dbPath: string, synchronous: Synchronous) {
-    this.worker = new Worker(new URL('./checkpoint-worker.js', import.meta.url), { workerData: { dbPath, synchronous } });
-    // Only a checkpoint in flight keeps the process alive.
-    this.worker.unref();
-    this.worker.on('message', (m: ({ ok: true } & CheckpointResult) | { ok: false; error: string }) => {
-      const p = this.settle();
-      if (m.ok) p?.resolve({ busy: m.busy, log: m.log, checkpointed: m.checkpointed });
-      else p?.reject(new Error(m.error));
-    });
-    this.worker.on('error', (err) => this.settle()?.reject(err));
-    this.worker.on('exit', (code) => {
-      this.closed = true;
-      this.settle()?.reject(new Error(`checkpoint thread exited (${code})`));
-    });
+  constructor(
+    private readonly dbPath: string,
+    private readonly synchronous: Synchronous,
+  ) {
+    this.worker = this.spawn();
   }
 
   get running(): boolean {
     return this.pending !== undefined;
   }
 
-  /** A PASSIVE checkpoint on the thread; rejects if one is already running or the thread is gone. */
+  /** A PASSIVE checkpoint on the thread; rejects if one is already running, the thread failed, or it is closed. */
   passive(): Promise<CheckpointResult> {
     if (this.closed) return Promise.reject(new Error('checkpoint thread is closed'));
     if (this.pending) return Promise.reject(new Error('a checkpoint is already running'));
+    // A thread that died is replaced here, at the next checkpoint.
+    const worker = (this.worker ??= this.spawn());
     return new Promise((resolve, reject) => {
       this.pending = { resolve, reject };
-      this.worker.ref();
-      this.worker.postMessage({ type: 'checkpoint' });
+      worker.ref();
+      worker.postMessage({ type: 'checkpoint' });
     });
   }
 
@@ -62,17 +55,36 @@ export class BackgroundCheckpointer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    const worker = this.worker;
+    if (!worker) return;
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     // Someone waits for the exit now: keep the process alive until it comes.
-    this.worker.ref();
-    this.worker.postMessage({ type: 'close' });
+    worker.ref();
+    worker.postMessage({ type: 'close' });
     await exited;
   }
 
-  private settle(): { resolve(r: CheckpointResult): void; reject(err: Error): void } | undefined {
+  private spawn(): Worker {
+    const worker = new Worker(new URL('./checkpoint-worker.js', import.meta.url), { workerData: { dbPath: this.dbPath, synchronous: this.synchronous } });
+    // Only a checkpoint in flight keeps the process alive.
+    worker.unref();
+    worker.on('message', (m: ({ ok: true } & CheckpointResult) | { ok: false; error: string }) => {
+      const p = this.settle(worker);
+      if (m.ok) p?.resolve({ busy: m.busy, log: m.log, checkpointed: m.checkpointed });
+      else p?.reject(new Error(m.error));
+    });
+    worker.on('error', (err) => this.settle(worker)?.reject(err));
+    worker.on('exit', (code) => {
+      if (this.worker === worker) this.worker = undefined;
+      this.settle(worker)?.reject(new Error(`checkpoint thread exited (${code})`));
+    });
+    return worker;
+  }
+
+  private settle(worker: Worker): { resolve(r: CheckpointResult): void; reject(err: Error): void } | undefined {
     const p = this.pending;
     this.pending = undefined;
-    if (!this.closed) this.worker.unref();
+    if (!this.closed) worker.unref();
     return p;
   }
 }

@@ -200,10 +200,14 @@ export class ReplicationMaster {
     background.passive().then(
       (r) =>
         setImmediate(() => {
-          if (this.closed) return this.finishCheckpoint();
-          this.captureNow();
-          const left = this.capture.walFrames - r.checkpointed;
-          if (r.busy === 0 && pass < MAX_BACKGROUND_PASSES && left > FINAL_STEP_PAGES) this.backgroundPass(background, pass + 1);
+          let again = false;
+          this.guarded(() => {
+            if (this.closed) return;
+            this.captureNow();
+            const left = this.capture.walFrames - r.checkpointed;
+            again = r.busy === 0 && pass < MAX_BACKGROUND_PASSES && left > FINAL_STEP_PAGES;
+          });
+          if (again) this.backgroundPass(background, pass + 1);
           else this.finishCheckpoint();
         }),
       (err: unknown) => {
