@@ -1,8 +1,9 @@
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { fstatSync, openSync, readSync } from 'node:fs';
 import type { Statement } from 'better-sqlite3';
 import type { Db } from '../db/connection.js';
 import { DbChecksum } from './checksum.js';
 import type { PageImage, Position } from './record.js';
+import { PacedSync } from './paced-sync.js';
 import { parseWalHeader, scanFrames, WAL_HEADER_BYTES, type Frame, type ScanState, type WalHeader } from './wal-format.js';
 
 export interface CapturedTx extends Position {
@@ -58,6 +59,8 @@ export function* readAllPages(db: Db): Generator<PageImage> {
  */
 export class WalCapture {
   private readonly fd: number;
+  /** The master's WAL at synchronous=NORMAL is otherwise only synced by checkpoints. */
+  private readonly pacing = new PacedSync(100);
   private header: WalHeader | undefined;
   private scan: ScanState = { offset: WAL_HEADER_BYTES, cksum0: 0, cksum1: 0 };
   /** Frames of the current WAL generation read so far. */
@@ -136,6 +139,11 @@ export class WalCapture {
   /** Frames captured in the current WAL (since its last restart). */
   get walFrames(): number {
     return this.framesCaptured;
+  }
+
+  /** Starts a paced fdatasync of the WAL on the thread pool (see PacedSync). */
+  paceWalSync(): void {
+    this.pacing.maybe(this.fd);
   }
 
   /** WAL bytes captured since our last checkpoint attempt. */
@@ -319,7 +327,7 @@ export class WalCapture {
 
   close(): void {
     for (const db of this.opts.pins) if (db.inTransaction) db.exec('ROLLBACK');
-    closeSync(this.fd);
+    this.pacing.close(this.fd);
   }
 
   private emit(pages: PageImage[], dbSize: number, resync: boolean): CapturedTx {

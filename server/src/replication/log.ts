@@ -1,7 +1,8 @@
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writevSync } from 'node:fs';
+import { mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writevSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Checksum } from './checksum.js';
+import { PacedSync } from './paced-sync.js';
 import { decodeRecord, RecordFramer, type Position } from './record.js';
 
 export interface LogLimits {
@@ -37,6 +38,8 @@ const SEGMENT = /^seg-(\d{16})\.log$/;
 const MAX_RECORD_BYTES = 1 << 30;
 /** Records are encoded into slabs this big; a bigger record gets a buffer of its own. */
 const SLAB_BYTES = 4 * 1024 * 1024;
+/** The segment file being written is fdatasynced this often (see PacedSync). */
+const SYNC_EVERY_MS = 100;
 
 /**
  * The master's recent transactions, as sealed records: in memory for live replicas and in
@@ -49,6 +52,7 @@ export class ReplicationLog {
   private head = 0;
   private segments: Segment[] = [];
   private fd: number | undefined;
+  private readonly pacing = new PacedSync(SYNC_EVERY_MS);
   private pending: Buffer[] = [];
   private slab = Buffer.allocUnsafeSlow(0);
   private slabUsed = 0;
@@ -239,6 +243,7 @@ export class ReplicationLog {
     // In the page cache now: a crash of this process no longer loses it.
     this.durableTxid = this.last?.txid;
     this.onFlushed?.();
+    this.pacing.maybe(this.fd);
   }
 
   close(): void {
@@ -285,7 +290,7 @@ export class ReplicationLog {
   }
 
   private closeFd(): void {
-    if (this.fd !== undefined) closeSync(this.fd);
+    if (this.fd !== undefined) this.pacing.close(this.fd);
     this.fd = undefined;
   }
 

@@ -154,6 +154,7 @@ export class ReplicationMaster {
     this.captureDue = false;
     this.publish(this.capture.capture());
     this.log.flush();
+    this.capture.paceWalSync();
     const threshold = this.opts.walCheckpointBytes;
     if (threshold > 0 && !this.checkpointDue && this.capture.uncheckpointedBytes >= threshold) {
       this.checkpointDue = true;

@@ -1,0 +1,50 @@
+import assert from 'node:assert/strict';
+import { fstatSync, openSync, writeSync } from 'node:fs';
+import { afterEach, describe, it } from 'node:test';
+import { PacedSync } from '../../../server/src/replication/paced-sync.js';
+import { tempDir, type TempDir } from './fixtures.js';
+
+const isOpen = (fd: number): boolean => {
+  try {
+    fstatSync(fd);
+    return true;
+  } catch (err) {
+    assert.equal((err as NodeJS.ErrnoException).code, 'EBADF');
+    return false;
+  }
+};
+
+describe('PacedSync', () => {
+  let tmp: TempDir | undefined;
+  afterEach(() => {
+    tmp?.remove();
+    tmp = undefined;
+  });
+
+  it('never closes a descriptor under its running fdatasync, and closes it once that is done', async () => {
+    tmp = tempDir('paced');
+    const fd = openSync(tmp.file('f'), 'w');
+    writeSync(fd, Buffer.alloc(1 << 20, 1));
+    const pacing = new PacedSync(0);
+    pacing.maybe(fd);
+    pacing.close(fd);
+    assert.equal(isOpen(fd), true, 'still open while the sync runs');
+    const deadline = Date.now() + 5000;
+    while (isOpen(fd) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));
+    assert.equal(isOpen(fd), false, 'closed after it');
+  });
+
+  it('starts at most one sync per interval; with none running, close() closes at once', () => {
+    tmp = tempDir('paced');
+    const a = openSync(tmp.file('a'), 'w');
+    const b = openSync(tmp.file('b'), 'w');
+    const pacing = new PacedSync(60_000);
+    pacing.maybe(a);
+    // Within the interval nothing starts on b, so b is not held open by a sync.
+    pacing.maybe(b);
+    pacing.close(b);
+    assert.equal(isOpen(b), false);
+    pacing.close(a);
+    assert.equal(isOpen(a), true, 'a has its sync running');
+  });
+});
