@@ -60,7 +60,8 @@ export function* readAllPages(db: Db): Generator<PageImage> {
 export class WalCapture {
   private readonly fd: number;
   /** The master's WAL at synchronous=NORMAL is otherwise only synced by checkpoints. */
-  private readonly pacing = new PacedSync(100);
+  private readonly pacing = new PacedSync(100, 2 * 1024 * 1024);
+  private framesPaced = 0;
   private header: WalHeader | undefined;
   private scan: ScanState = { offset: WAL_HEADER_BYTES, cksum0: 0, cksum1: 0 };
   /** Frames of the current WAL generation read so far. */
@@ -143,7 +144,10 @@ export class WalCapture {
 
   /** Starts a paced fdatasync of the WAL on the thread pool (see PacedSync). */
   paceWalSync(): void {
-    this.pacing.maybe(this.fd);
+    // The frame count starts over with each WAL generation.
+    const frames = this.framesCaptured >= this.framesPaced ? this.framesCaptured - this.framesPaced : this.framesCaptured;
+    this.framesPaced = this.framesCaptured;
+    this.pacing.maybe(this.fd, frames * (24 + this.checksum.pageSize));
   }
 
   /** WAL bytes captured since our last checkpoint attempt. */

@@ -38,8 +38,9 @@ const SEGMENT = /^seg-(\d{16})\.log$/;
 const MAX_RECORD_BYTES = 1 << 30;
 /** Records are encoded into slabs this big; a bigger record gets a buffer of its own. */
 const SLAB_BYTES = 4 * 1024 * 1024;
-/** The segment file being written is fdatasynced this often (see PacedSync). */
+/** The segment file being written is fdatasynced this often, unless written faster (see PacedSync). */
 const SYNC_EVERY_MS = 100;
+const SYNC_MAX_BYTES = 2 * 1024 * 1024;
 
 /**
  * The master's recent transactions, as sealed records: in memory for live replicas and in
@@ -52,7 +53,7 @@ export class ReplicationLog {
   private head = 0;
   private segments: Segment[] = [];
   private fd: number | undefined;
-  private readonly pacing = new PacedSync(SYNC_EVERY_MS);
+  private readonly pacing = new PacedSync(SYNC_EVERY_MS, SYNC_MAX_BYTES);
   private pending: Buffer[] = [];
   private slab = Buffer.allocUnsafeSlow(0);
   private slabUsed = 0;
@@ -233,6 +234,7 @@ export class ReplicationLog {
     const seg = this.segments[this.segments.length - 1]!;
     this.fd ??= openSync(seg.file, 'a');
     let chunks = this.pending;
+    const bytes = chunks.reduce((n, c) => n + c.length, 0);
     this.pending = [];
     while (chunks.length > 0) {
       let written = writevSync(this.fd, chunks);
@@ -243,7 +245,7 @@ export class ReplicationLog {
     // In the page cache now: a crash of this process no longer loses it.
     this.durableTxid = this.last?.txid;
     this.onFlushed?.();
-    this.pacing.maybe(this.fd);
+    this.pacing.maybe(this.fd, bytes);
   }
 
   close(): void {

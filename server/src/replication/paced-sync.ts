@@ -4,20 +4,33 @@ import { closeSync, fdatasync } from 'node:fs';
  * fdatasync on the thread pool, at most one at a time and at most every `everyMs`: pacing, not
  * durability (nothing waits for it). Left to the kernel, a file written steadily but never
  * synced goes to disk in bursts (the filesystem's 5 s commits), and every fsync on the machine
- * waits behind them: a replica on the same disk saw its commits stall for milliseconds.
+ * waits behind them: a replica on the same disk saw its commits stall for milliseconds at
+ * 1,000 commits/s. Past `maxBytes` per interval it stands back: at 10,000 commits/s the syncs
+ * competed with the writes they paced and cost more than the bursts (docs/BENCHMARKS.md).
  */
 export class PacedSync {
   private running: number | undefined;
   private closeAfter: number | undefined;
   private last = Number.NEGATIVE_INFINITY;
+  private bytes = 0;
 
-  constructor(private readonly everyMs: number) {}
+  constructor(
+    private readonly everyMs: number,
+    private readonly maxBytes: number,
+  ) {}
 
-  /** Starts an fdatasync of `fd` unless one is running or the last began under `everyMs` ago. */
-  maybe(fd: number): void {
+  /**
+   * Notes `written` more bytes in `fd`, and starts an fdatasync of it unless one is running,
+   * the last began under `everyMs` ago, or more than `maxBytes` were written since.
+   */
+  maybe(fd: number, written: number): void {
+    this.bytes += written;
     const now = performance.now();
     if (this.running !== undefined || now - this.last < this.everyMs) return;
+    const busy = this.bytes > this.maxBytes;
     this.last = now;
+    this.bytes = 0;
+    if (busy) return;
     this.running = fd;
     // An error here shows again at the next write or sync that matters.
     fdatasync(fd, () => {

@@ -25,8 +25,8 @@ describe('PacedSync', () => {
     tmp = tempDir('paced');
     const fd = openSync(tmp.file('f'), 'w');
     writeSync(fd, Buffer.alloc(1 << 20, 1));
-    const pacing = new PacedSync(0);
-    pacing.maybe(fd);
+    const pacing = new PacedSync(0, 1 << 30);
+    pacing.maybe(fd, 1 << 20);
     pacing.close(fd);
     assert.equal(isOpen(fd), true, 'still open while the sync runs');
     const deadline = Date.now() + 5000;
@@ -38,13 +38,22 @@ describe('PacedSync', () => {
     tmp = tempDir('paced');
     const a = openSync(tmp.file('a'), 'w');
     const b = openSync(tmp.file('b'), 'w');
-    const pacing = new PacedSync(60_000);
-    pacing.maybe(a);
+    const pacing = new PacedSync(60_000, 1 << 30);
+    pacing.maybe(a, 0);
     // Within the interval nothing starts on b, so b is not held open by a sync.
-    pacing.maybe(b);
+    pacing.maybe(b, 0);
     pacing.close(b);
     assert.equal(isOpen(b), false);
     pacing.close(a);
     assert.equal(isOpen(a), true, 'a has its sync running');
+  });
+
+  it('stands back when more than maxBytes were written in an interval', () => {
+    tmp = tempDir('paced');
+    const fd = openSync(tmp.file('f'), 'w');
+    const pacing = new PacedSync(0, 1000);
+    pacing.maybe(fd, 5000);
+    pacing.close(fd);
+    assert.equal(isOpen(fd), false, 'no sync was started, so close() closed it at once');
   });
 });
