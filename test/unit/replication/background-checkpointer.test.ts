@@ -1,19 +1,13 @@
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
-import { afterEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { openDatabase } from '../../../server/src/db/connection.js';
 import { BackgroundCheckpointer } from '../../../server/src/replication/background-checkpointer.js';
-import { openMaster, tempDir, type TempDir } from './fixtures.js';
+import { openMaster, testDir } from './fixtures.js';
 
 describe('BackgroundCheckpointer', () => {
-  let tmp: TempDir | undefined;
-  afterEach(() => {
-    tmp?.remove();
-    tmp = undefined;
-  });
-
-  it('copies WAL frames on its thread, never past a reader’s snapshot, and refuses work once closed', async () => {
-    tmp = tempDir('bgckpt');
+  it('copies WAL frames on its thread, never past a reader’s snapshot, and refuses work once closed', async (t) => {
+    const tmp = testDir(t, 'bgckpt');
     const file = tmp.file('db.sqlite');
     const writer = openMaster(file);
     writer.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)');

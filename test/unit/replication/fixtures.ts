@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { TestContext } from 'node:test';
 import { openDatabase, type Db } from '../../../server/src/db/connection.js';
 
 /** Shared helpers of the replication unit tests (not a test file itself). */
@@ -15,6 +16,13 @@ export interface TempDir {
 export function tempDir(prefix: string): TempDir {
   const dir = mkdtempSync(path.join(os.tmpdir(), `nebulagc-${prefix}-`));
   return { path: dir, file: (name) => path.join(dir, name), remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A temp dir removed when the test `t` ends, pass or fail. */
+export function testDir(t: TestContext, prefix: string): TempDir {
+  const dir = tempDir(prefix);
+  t.after(() => dir.remove());
+  return dir;
 }
 
 /** A writer connection fit to be a capture master: WAL mode, autocheckpoint off. */

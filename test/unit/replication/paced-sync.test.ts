@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { fstatSync, openSync, writeSync } from 'node:fs';
-import { afterEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { PacedSync } from '../../../server/src/replication/paced-sync.js';
-import { tempDir, type TempDir } from './fixtures.js';
+import { testDir } from './fixtures.js';
 
 const isOpen = (fd: number): boolean => {
   try {
@@ -15,14 +15,8 @@ const isOpen = (fd: number): boolean => {
 };
 
 describe('PacedSync', () => {
-  let tmp: TempDir | undefined;
-  afterEach(() => {
-    tmp?.remove();
-    tmp = undefined;
-  });
-
-  it('never closes a descriptor under its running fdatasync, and closes it once that is done', async () => {
-    tmp = tempDir('paced');
+  it('never closes a descriptor under its running fdatasync, and closes it once that is done', async (t) => {
+    const tmp = testDir(t, 'paced');
     const fd = openSync(tmp.file('f'), 'w');
     writeSync(fd, Buffer.alloc(1 << 20, 1));
     const pacing = new PacedSync(0, 1 << 30);
@@ -34,8 +28,8 @@ describe('PacedSync', () => {
     assert.equal(isOpen(fd), false, 'closed after it');
   });
 
-  it('starts at most one sync per interval; with none running, close() closes at once', () => {
-    tmp = tempDir('paced');
+  it('starts at most one sync per interval; with none running, close() closes at once', (t) => {
+    const tmp = testDir(t, 'paced');
     const a = openSync(tmp.file('a'), 'w');
     const b = openSync(tmp.file('b'), 'w');
     const pacing = new PacedSync(60_000, 1 << 30);
@@ -48,8 +42,8 @@ describe('PacedSync', () => {
     assert.equal(isOpen(a), true, 'a has its sync running');
   });
 
-  it('stands back when more than maxBytes were written in an interval', () => {
-    tmp = tempDir('paced');
+  it('stands back when more than maxBytes were written in an interval', (t) => {
+    const tmp = testDir(t, 'paced');
     const fd = openSync(tmp.file('f'), 'w');
     const pacing = new PacedSync(0, 1000);
     pacing.maybe(fd, 5000);
