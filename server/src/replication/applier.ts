@@ -12,11 +12,6 @@ import { PositionFile } from './state-file.js';
 const MAX_ROWS_PER_STATEMENT = 16_000;
 /** After a crash left the position file behind the copy, this many records may be re-applied unverified. */
 const MAX_RECOVERY_RECORDS = 100_000;
-/**
- * How often the position file is fsynced (in the background). A power loss can leave it this
- * far behind the copy: at 10,000 tx/s about 10,000 records to replay, well inside the limit above.
- */
-const POSITION_SYNC_MS = 1000;
 /** Pages written between checkpoints of the copy's WAL (SQLite's own autocheckpoint step). */
 const CHECKPOINT_PAGES = 1000;
 
@@ -39,7 +34,6 @@ export class Applier {
   private recovering: number;
   private readonly statements = new Map<number, Statement>();
   private pagesSinceCheckpoint = 0;
-  private positionSyncedAt = performance.now();
 
   private readonly stamps: StampFollower;
 
@@ -122,7 +116,7 @@ export class Applier {
   /**
    * Applies consecutive transactions, verifying each; throws ApplyError (and marks the copy
    * broken) if one does not fit. Returns once the pages are on disk; the position is written
-   * after the last group and fsynced at most every POSITION_SYNC_MS, off the event loop.
+   * after the last group (PositionFile syncs it in the background).
    */
   apply(records: TxRecord[]): Position {
     if (this.broken) throw new ApplyError('the copy is known to be wrong; it needs a snapshot');
@@ -136,11 +130,6 @@ export class Applier {
       throw err instanceof ApplyError ? err : new ApplyError(`apply failed: ${(err as Error).message}`);
     }
     this.positionFile.write(this.pos);
-    const now = performance.now();
-    if (now - this.positionSyncedAt >= POSITION_SYNC_MS) {
-      this.positionSyncedAt = now;
-      this.positionFile.syncSoon();
-    }
     return this.pos;
   }
 

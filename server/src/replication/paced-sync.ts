@@ -2,11 +2,12 @@ import { closeSync, fdatasync } from 'node:fs';
 
 /**
  * fdatasync on the thread pool, at most one at a time and at most every `everyMs`: pacing, not
- * durability (nothing waits for it). Left to the kernel, a file written steadily but never
- * synced goes to disk in bursts (the filesystem's 5 s commits), and every fsync on the machine
- * waits behind them: a replica on the same disk saw its commits stall for milliseconds at
- * 1,000 commits/s. Past `maxBytes` per interval it stands back: at 10,000 commits/s the syncs
- * competed with the writes they paced and cost more than the bursts (docs/BENCHMARKS.md).
+ * durability (nothing waits for it). For files written steadily whose writes need not wait for
+ * the disk: the master's WAL and log segment, which left to the kernel went to disk in bursts
+ * (the filesystem's 5 s commits) that every fsync on the machine waited behind, a replica's
+ * commits included; and the replica's position file, whose lag behind the disk it bounds. Past
+ * `maxBytes` per interval it stands back: at 10,000 commits/s the WAL and log syncs competed
+ * with the writes they paced and cost more than the bursts (docs/BENCHMARKS.md).
  */
 export class PacedSync {
   private running: number | undefined;

@@ -34,8 +34,8 @@ interface Waiter {
 
 const MAX_RECORD_BYTES = 1 << 30;
 const BACKOFF_MIN_MS = 100;
-const ACK_INTERVAL_MS = 200;
 const BACKOFF_MAX_MS = 10_000;
+const ACK_INTERVAL_MS = 200;
 
 /**
  * The replica's side: keeps a verified copy of the master's database and follows the stream.
