@@ -97,7 +97,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       { dbPath: config.dbPath, dir: replicationDir(config.dbPath), replicaId: config.nodeId, advertiseUrl: rep.advertiseUrl },
       {
         onCopyChanged: (available) => useCopy!(available),
-        onApplied: (pos, txs, bytes, commitTimesMs) => {
+        onApplied: (_pos, txs, bytes, commitTimesMs) => {
           store.changes.bump();
           waiters.changed();
           const now = performance.timeOrigin + performance.now();
@@ -106,6 +106,10 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
           metrics.replicationBytes.inc({ direction: 'received' }, bytes);
           if (txs > 0) metrics.replicationBatchSize.observe(txs);
           else metrics.replicationSnapshots.inc();
+        },
+        onDurable: (pos, commitTimesMs) => {
+          const now = performance.timeOrigin + performance.now();
+          for (const t of commitTimesMs) metrics.replicationDurableLag.observe(Math.max(0, now - t) / 1000);
           metrics.replicationPosition.set(pos.txid);
         },
         onHeartbeat: (masterTimeMs: number, receivedAtMs: number) => {

@@ -430,7 +430,8 @@ describe('Applier (unit)', () => {
         return decodeRecord(encodeTx(t.record)) as TxRecord;
       };
       const tx11 = tx(11, "UPDATE t SET v = 'eleven' WHERE id = 3");
-      const tx12 = tx(12, "UPDATE t SET v = 'twelve' WHERE id = 90; INSERT INTO t (v) VALUES ('more')");
+      // 12 rewrites a row 11 wrote too, so replaying 11 over the file would bring back an older image.
+      const tx12 = tx(12, "UPDATE t SET v = 'twelve' WHERE id IN (3, 90); INSERT INTO t (v) VALUES ('more')");
       const warn = (): void => {};
 
       let applier = Applier.fromSnapshot(replicaFile, stateFile, warn, start, { epoch: 1, txid: 10, checksum: startValue });
@@ -446,12 +447,15 @@ describe('Applier (unit)', () => {
       applier = Applier.open(replicaFile, stateFile, warn)!;
       assert.equal(applier.position.txid, 10);
       assert.equal(applier.isRecovering, true, 'the file is ahead of its position');
+      const atTwelve = pages(replicaFile);
       // The master resends 11 and 12: 11 does not match the file's checksum (allowed while
       // recovering), 12 does, and from there on every transaction is verified again.
       assert.equal(applier.apply([tx11]).txid, 11);
       assert.equal(applier.isRecovering, true);
+      assertSamePages(atTwelve, pages(replicaFile), 'replaying 11 only checks it: the file keeps its state, no older page comes back');
       assert.equal(applier.apply([tx12]).txid, 12);
       assert.equal(applier.isRecovering, false, 'the checksums agree again');
+      assertSamePages(atTwelve, pages(replicaFile), 'and 12 is what the file already held');
       const tx13 = tx(13, "DELETE FROM t WHERE id < 50");
       const wrong = { ...tx13, checksum: startValue };
       assert.throws(() => applier.apply([wrong]), /checksum mismatch after txid 13/, 'verification is back on');
@@ -463,6 +467,62 @@ describe('Applier (unit)', () => {
       applier.close();
       assertSamePages(pages(masterFile), pages(replicaFile), 'after the replay');
       assert.equal(integrity(replicaFile), 'ok');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a batch is visible to readers at once, and durable (position file) only after makeDurable()', async () => {
+    const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(50);
+    try {
+      const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
+      const startValue = start.value;
+      const t = masterTx(masterFile, startPages, 11, "UPDATE t SET v = 'visible' WHERE id = 5");
+      const applier = Applier.fromSnapshot(replicaFile, stateFile, () => {}, start, { epoch: 1, txid: 10, checksum: startValue });
+      const reader = new Database(replicaFile, { readonly: true, fileMustExist: true });
+      try {
+        assert.equal(applier.apply([decodeRecord(encodeTx(t.record)) as TxRecord]).txid, 11);
+        assert.equal((reader.prepare('SELECT v FROM t WHERE id = 5').get() as { v: string }).v, 'visible', 'a reader sees the batch right after apply()');
+        assert.equal(applier.durablePosition.txid, 10, 'not yet durable');
+        const stored = (): number | undefined => {
+          const f = new PositionFile(stateFile);
+          try {
+            return f.read()?.txid;
+          } finally {
+            f.close();
+          }
+        };
+        assert.equal(stored(), 10, 'the position file still names the last durable position');
+        assert.equal((await applier.makeDurable()).txid, 11);
+        assert.equal(applier.durablePosition.txid, 11);
+        assert.equal(stored(), 11, 'the position file follows the sync');
+      } finally {
+        reader.close();
+        await applier.close();
+      }
+      assertSamePages(t.after, pages(replicaFile), 'the copy after close');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a clean close writes the position of everything applied, so the next start has nothing to replay', async () => {
+    const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(50);
+    try {
+      const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
+      const startValue = start.value;
+      const t = masterTx(masterFile, startPages, 11, 'DELETE FROM t WHERE id > 20');
+      let applier = Applier.fromSnapshot(replicaFile, stateFile, () => {}, start, { epoch: 1, txid: 10, checksum: startValue });
+      applier.apply([decodeRecord(encodeTx(t.record)) as TxRecord]);
+      assert.equal(applier.durablePosition.txid, 10);
+      await applier.close();
+      applier = Applier.open(replicaFile, stateFile, () => {})!;
+      try {
+        assert.equal(applier.position.txid, 11);
+        assert.equal(applier.isRecovering, false, 'position file and copy agree');
+      } finally {
+        await applier.close();
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -3,6 +3,8 @@ import type { App, Deps } from './context.js';
 import { ok } from './schemas.js';
 import { VERSION } from '../version.js';
 
+const positionSchema = z.object({ epoch: z.number().int(), txid: z.number().int(), checksum: z.string() });
+
 const healthSchema = z
   .object({
     status: z.enum(['healthy', 'degraded', 'unhealthy']),
@@ -13,7 +15,8 @@ const healthSchema = z
     uptime_seconds: z.number(),
     writable: z.boolean(),
     master_url: z.string().nullable(),
-    position: z.object({ epoch: z.number().int(), txid: z.number().int(), checksum: z.string() }).nullable(),
+    position: positionSchema.nullable().openapi({ description: 'Newest transaction captured (master) or visible to readers (replica)' }),
+    durable_position: positionSchema.nullable().optional().openapi({ description: 'Replica only: newest transaction on disk, the one acknowledged to the master' }),
     lag: z.object({ transactions: z.number(), ms: z.number().nullable() }),
     replicas: z.number().int().optional(),
     checks: z.object({ database: z.object({ ok: z.boolean(), error: z.string().optional() }) }),
@@ -28,7 +31,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
   const startedAt = Date.now();
 
   const databaseCheck = (): { ok: boolean; error?: string } => {
-    if (role.replica && !role.replica.hasCopy) return { ok: false, error: 'no verified copy yet (replica bootstrapping)' };
+    if (role.replica && !role.replica.hasCopy) return { ok: false, error: 'no verified copy (replica bootstrapping, or replaying after a crash)' };
     try {
       store.reader.prepare('SELECT count(*) FROM sqlite_master').get();
       return { ok: true };
@@ -56,6 +59,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
           writable,
           master_url: role.masterUrl ?? null,
           position: role.position ?? null,
+          ...(role.replica ? { durable_position: role.replica.durablePosition ?? null } : {}),
           lag: { transactions: lag.transactions, ms: Number.isFinite(lag.ms) ? Math.round(lag.ms * 1000) / 1000 : null },
           ...(role.master ? { replicas: role.master.connectedReplicas } : {}),
           checks: { database },

@@ -108,7 +108,14 @@ export class Metrics {
 
   readonly replicationApplyLag = new Histogram({
     name: 'nebulagc_replication_apply_lag_seconds',
-    help: 'On a replica: from the master committing a transaction to this replica having it applied with its pages on disk (same-machine clocks are exact; across machines it includes clock skew)',
+    help: 'On a replica: from the master committing a transaction to readers of this replica seeing it (same-machine clocks are exact; across machines it includes clock skew)',
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+
+  readonly replicationDurableLag = new Histogram({
+    name: 'nebulagc_replication_durable_lag_seconds',
+    help: 'On a replica: from the master committing a transaction to this replica having it on disk, pages and position, and acknowledgeable',
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5],
     registers: [this.registry],
   });

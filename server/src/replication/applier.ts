@@ -7,6 +7,7 @@ import { readAllPages } from './capture.js';
 import { DbChecksum } from './checksum.js';
 import type { Position, TxRecord } from './record.js';
 import { PositionFile } from './state-file.js';
+import { WalSync } from './wal-sync.js';
 
 /** SQLite binds at most 32766 variables; two per row. */
 const MAX_ROWS_PER_STATEMENT = 16_000;
@@ -20,15 +21,22 @@ export class ApplyError extends Error {}
 /**
  * Applies the master's transactions to the replica's copy, on one dedicated connection in
  * unsafe mode (sqlite_dbpage writes need it). A batch of transactions goes in one SQLite
- * transaction (group commit) with one fsync, SQLite's own (synchronous=FULL); each transaction
- * is still verified against its checksum, and one that does not verify rolls back the whole
- * batch. The position file follows the commit without an fsync of its own (see PositionFile).
+ * transaction (group commit); each transaction is still verified against its checksum, and one
+ * that does not verify rolls back the whole batch.
+ *
+ * Two positions, as a database replica's applied and flushed positions: `position` is what
+ * readers see (the commit runs at synchronous=NORMAL, so it is visible at once), and
+ * `durablePosition` is what is on disk. makeDurable() moves the second up to the first with one
+ * fdatasync of the WAL on the thread pool, then writes the position file (see PositionFile for
+ * why that write needs no fsync of its own). Only the durable position is acknowledged.
  */
 export class Applier {
   private readonly db: Db;
   private readonly positionFile: PositionFile;
   private readonly checksum: DbChecksum;
   private pos: Position;
+  private durable: Position;
+  private readonly walSync: WalSync;
   private broken = false;
   /** The file was ahead of the position file (a crash between the two writes). */
   private recovering: number;
@@ -58,6 +66,8 @@ export class Applier {
     this.positionFile = positionFile;
     this.checksum = checksum;
     this.pos = pos;
+    this.durable = pos;
+    this.walSync = new WalSync(dbPath);
     this.recovering = recovering ? MAX_RECOVERY_RECORDS : 0;
   }
 
@@ -100,23 +110,33 @@ export class Applier {
     return Applier.open(dbPath, stateFile, warn, { checksum, position })!;
   }
 
+  /** The newest applied transaction: what readers of the copy see. */
   get position(): Position {
     return this.pos;
+  }
+
+  /** The newest transaction whose pages and position are on disk: what may be acknowledged. */
+  get durablePosition(): Position {
+    return this.durable;
   }
 
   get isBroken(): boolean {
     return this.broken;
   }
 
-  /** Replaying records the file already had (its checksum has not met a record's yet). */
+  /**
+   * The file is ahead of the position file (a crash between a commit and its position write) and
+   * the records from there are being checked against it, not written: until one's checksum
+   * equals the file's, the copy is not known to be right and must not be served.
+   */
   get isRecovering(): boolean {
     return this.recovering > 0;
   }
 
   /**
    * Applies consecutive transactions, verifying each; throws ApplyError (and marks the copy
-   * broken) if one does not fit. Returns once the pages are on disk; the position is written
-   * after the last group (PositionFile syncs it in the background).
+   * broken) if one does not fit. Returns once readers can see them; makeDurable() puts them on
+   * disk.
    */
   apply(records: TxRecord[]): Position {
     if (this.broken) throw new ApplyError('the copy is known to be wrong; it needs a snapshot');
@@ -129,8 +149,23 @@ export class Applier {
       this.broken = true;
       throw err instanceof ApplyError ? err : new ApplyError(`apply failed: ${(err as Error).message}`);
     }
-    this.positionFile.write(this.pos);
     return this.pos;
+  }
+
+  /**
+   * Puts every transaction applied so far on disk (one fdatasync of the WAL, on the thread pool)
+   * and then records its position. Resolves with the durable position. Batches applied while
+   * it runs wait for the next call.
+   */
+  async makeDurable(): Promise<Position> {
+    const target = this.pos;
+    if (target === this.durable || this.closed) return this.durable;
+    await this.walSync.sync();
+    // The copy may have been closed (a snapshot replaces it) while the sync ran.
+    if (this.closed || target.txid <= this.durable.txid) return this.durable;
+    this.positionFile.write(target);
+    this.durable = target;
+    return target;
   }
 
   /** Whether enough has been written since the last checkpoint to run one. */
@@ -171,7 +206,7 @@ export class Applier {
     // Readers see only the group's commit, so each page is written once, as the group's last
     // transaction to touch it left it: consecutive small transactions mostly rewrite the same
     // few pages, and writing every image made the apply cost grow with the batch.
-    const latest = new Map<number, Buffer>();
+    let latest = new Map<number, Buffer>();
     let shrinkTo: number | undefined;
     for (const r of records) {
       if (r.txid !== pos.txid + 1) throw new ApplyError(`expected txid ${pos.txid + 1}, got ${r.txid}`);
@@ -184,19 +219,28 @@ export class Applier {
         else this.checksum.setPage(p.pgno, p.data);
       }
       this.checksum.resize(r.dbSize);
-      if (this.checksum.value === r.checksum) recovering = 0;
-      else if (recovering > 0) recovering--;
+      if (this.checksum.value === r.checksum) {
+        if (recovering > 0) {
+          // Replaying from the position file up to the file's own state only recomputed the
+          // checksum: the file already holds these transactions, and writing their older page
+          // images would show readers states that never were. From here on, write.
+          latest = new Map();
+          shrinkTo = undefined;
+        }
+        recovering = 0;
+      } else if (recovering > 0) recovering--;
       else throw new ApplyError(`checksum mismatch after txid ${r.txid}: have ${this.checksum.value}, master has ${r.checksum}`);
       pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
     }
+    if (recovering > 0) latest.clear();
     // Page 1 last (only the group's last transaction writes it), then the truncation row.
-    const page1 = records[records.length - 1]!.pages.find((p) => p.pgno === 1);
+    const page1 = latest.get(1);
     const rows: (number | Buffer | null)[] = [];
     for (const [pgno, data] of latest) if (pgno !== 1) rows.push(pgno, data);
-    if (page1) rows.push(1, page1.data);
-    if (shrinkTo !== undefined) rows.push(shrinkTo + 1, null);
+    if (page1) rows.push(1, page1);
+    if (shrinkTo !== undefined && recovering === 0) rows.push(shrinkTo + 1, null);
     this.pagesSinceCheckpoint += rows.length / 2;
-    if (page1) this.stamps.prepare(imageStamp(page1.data));
+    if (page1) this.stamps.prepare(imageStamp(page1));
     this.writeRows(rows);
     if (page1) this.stamps.committed();
     this.pos = pos;
@@ -231,9 +275,21 @@ export class Applier {
   close(): Promise<void> {
     if (this.closed) return Promise.resolve();
     this.closed = true;
+    // A clean stop leaves the position file at the copy's position, so the next start has
+    // nothing to replay.
+    // A broken copy's position is still its last verified one (a group that fails writes nothing).
+    if (this.pos !== this.durable) {
+      try {
+        this.walSync.syncNow();
+        this.positionFile.write(this.pos);
+        this.durable = this.pos;
+      } catch {
+        // The position file stays behind the copy: the next start replays from it and checks.
+      }
+    }
     this.positionFile.close();
     this.db.close();
-    return this.background?.close() ?? Promise.resolve();
+    return Promise.all([this.walSync.close(), this.background?.close()]).then(() => undefined);
   }
 
   private statementFor(rows: number): Statement {

@@ -19,8 +19,10 @@ export interface ReplicaOptions {
 export interface ReplicaHooks {
   /** The copy was replaced or opened: reopen read connections. `undefined` closes them. */
   onCopyChanged(available: boolean): void;
-  /** A batch was applied and its pages are on disk; `commitTimesMs` are the master's commit times of its transactions. */
+  /** A batch was applied: readers see it. `commitTimesMs` are the master's commit times of its transactions. */
   onApplied(pos: Position, txCount: number, bytes: number, commitTimesMs: number[]): void;
+  /** Everything up to `pos` is on disk (pages and position), and is acknowledged; `commitTimesMs` as in onApplied, for the transactions this call adds. */
+  onDurable?(pos: Position, commitTimesMs: number[]): void;
   onHeartbeat(masterTimeMs: number, receivedAtMs: number): void;
   onStreamError(err: unknown): void;
   onMasterAdvertised(url: string): void;
@@ -50,6 +52,10 @@ export class ReplicationReplica {
   private queueBytes = 0;
   private applyScheduled = false;
   private checkpointScheduled = false;
+  /** makeDurable() running; batches applied meanwhile go in the next one. */
+  private syncing = false;
+  /** Applied batches not yet durable, for onDurable's commit times. */
+  private notDurable: { lastTxid: number; commitTimesMs: number[] }[] = [];
   /** Copies being closed; a snapshot must not take the file's name before they are. */
   private closing: Promise<void> | undefined;
   private waiters: Waiter[] = [];
@@ -80,15 +86,27 @@ export class ReplicationReplica {
     }
   }
 
+  /** The newest transaction readers of the copy see. */
   get position(): Position | undefined {
     return this.applier?.position;
+  }
+
+  /** The newest transaction on disk, pages and position: the one acknowledged to the master. */
+  get durablePosition(): Position | undefined {
+    return this.applier?.durablePosition;
   }
 
   get id(): string {
     return this.opts.replicaId;
   }
 
+  /** A copy that is known to be right, so it may be served. */
   get hasCopy(): boolean {
+    return this.canFollow && !this.applier!.isRecovering;
+  }
+
+  /** A copy the stream can continue (one still replaying after a crash included). */
+  private get canFollow(): boolean {
     return this.applier !== undefined && !this.applier.isBroken;
   }
 
@@ -134,7 +152,7 @@ export class ReplicationReplica {
     let backoff = BACKOFF_MIN_MS;
     while (this.running) {
       try {
-        if (!this.hasCopy) await this.takeSnapshot();
+        if (!this.canFollow) await this.takeSnapshot();
         // stop() may have come during the snapshot: it aborted that one, not the next request.
         if (!this.running) break;
         const outcome = await this.stream();
@@ -263,26 +281,67 @@ export class ReplicationReplica {
     const bytes = this.queueBytes;
     this.queue = [];
     this.queueBytes = 0;
+    const wasRecovering = this.applier.isRecovering;
     const pos = this.applier.apply(batch);
-    this.hooks.onApplied(
-      pos,
-      batch.length,
-      bytes,
-      batch.map((r) => r.commitTimeMs),
-    );
-    this.releaseWaiters(pos.txid);
-    this.scheduleAck();
-    // After the records that arrived with this batch have been applied and reported.
-    if (this.applier?.checkpointDue && !this.checkpointScheduled) {
-      this.checkpointScheduled = true;
-      const applier = this.applier;
-      setImmediate(() => {
-        applier
-          .checkpoint()
-          .catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'checkpoint of the copy failed; will retry'))
-          .finally(() => (this.checkpointScheduled = false));
-      });
+    if (wasRecovering && !this.applier.isRecovering) {
+      this.log.info({ position: pos }, 'replica copy verified again: its checksum matches the master\'s');
+      this.hooks.onCopyChanged(true);
     }
+    const commitTimesMs = batch.map((r) => r.commitTimeMs);
+    this.hooks.onApplied(pos, batch.length, bytes, commitTimesMs);
+    if (this.hooks.onDurable) this.notDurable.push({ lastTxid: pos.txid, commitTimesMs });
+    this.releaseWaiters(pos.txid);
+    this.makeDurable(this.applier);
+  }
+
+  /**
+   * One fdatasync at a time on the thread pool while the event loop applies the next batches;
+   * when it returns, everything applied before it started is acknowledged, and the next sync
+   * takes whatever came meanwhile (the group commit of the disk).
+   */
+  private makeDurable(applier: Applier): void {
+    if (this.syncing) return;
+    this.syncing = true;
+    applier
+      .makeDurable()
+      .then(
+        (pos) => {
+          if (applier !== this.applier) return;
+          this.reportDurable(pos);
+          this.scheduleAck();
+          this.checkpointIfDue(applier);
+        },
+        (err: unknown) => {
+          // A sync that fails leaves the disk in an unknown state (Linux may have dropped the
+          // dirty pages): nothing more may be acknowledged from this copy.
+          if (applier !== this.applier) return;
+          this.log.error({ err: (err as Error).message, position: applier.position }, 'could not sync the copy to disk: it will resync from a snapshot');
+          this.hooks.onStreamError(err);
+          this.closeCopy();
+          this.abort?.abort(err);
+        },
+      )
+      .finally(() => {
+        this.syncing = false;
+        if (applier === this.applier && applier.position !== applier.durablePosition) this.makeDurable(applier);
+      });
+  }
+
+  private reportDurable(pos: Position): void {
+    if (!this.hooks.onDurable) return;
+    const times: number[] = [];
+    while (this.notDurable.length > 0 && this.notDurable[0]!.lastTxid <= pos.txid) times.push(...this.notDurable.shift()!.commitTimesMs);
+    this.hooks.onDurable(pos, times);
+  }
+
+  /** After a batch is durable and acknowledged, so the checkpoint delays neither. */
+  private checkpointIfDue(applier: Applier): void {
+    if (!applier.checkpointDue || this.checkpointScheduled) return;
+    this.checkpointScheduled = true;
+    applier
+      .checkpoint()
+      .catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'checkpoint of the copy failed; will retry'))
+      .finally(() => (this.checkpointScheduled = false));
   }
 
   private releaseWaiters(txid: number): void {
@@ -307,7 +366,7 @@ export class ReplicationReplica {
     if (this.ackTimer || this.ackInFlight) return;
     this.ackTimer = setTimeout(() => {
       this.ackTimer = undefined;
-      const pos = this.position;
+      const pos = this.durablePosition;
       if (!pos) return;
       this.ackInFlight = true;
       this.client
@@ -315,7 +374,7 @@ export class ReplicationReplica {
         .catch((err: unknown) => this.log.debug({ err: (err as Error).message }, 'ack failed'))
         .finally(() => {
           this.ackInFlight = false;
-          if (this.position && this.position.txid !== pos.txid) this.scheduleAck();
+          if (this.durablePosition && this.durablePosition.txid !== pos.txid) this.scheduleAck();
         });
     }, ACK_INTERVAL_MS);
     this.ackTimer.unref();
@@ -324,6 +383,7 @@ export class ReplicationReplica {
   private closeCopy(): void {
     this.queue = [];
     this.queueBytes = 0;
+    this.notDurable = [];
     if (this.applier) {
       this.hooks.onCopyChanged(false);
       this.retire(this.applier);
@@ -347,7 +407,9 @@ export class ReplicationReplica {
     this.masterPosition ??= snap.position;
     this.hooks.onCopyChanged(true);
     this.hooks.onApplied(snap.position, 0, 0, []);
+    this.hooks.onDurable?.(snap.position, []);
     this.releaseWaiters(snap.position.txid);
+    this.scheduleAck();
     this.log.info({ position: snap.position }, 'snapshot installed');
   }
 }
