@@ -61,6 +61,8 @@ export class WalCapture {
   private readonly fd: number;
   /** The master's WAL at synchronous=NORMAL is otherwise only synced by checkpoints. */
   private readonly pacing = new PacedSync(100, 2 * 1024 * 1024);
+  /** At synchronous=FULL or EXTRA every commit syncs the WAL already: pacing would only add flushes. */
+  private readonly commitsSyncWal: boolean;
   private framesPaced = 0;
   private header: WalHeader | undefined;
   private scan: ScanState = { offset: WAL_HEADER_BYTES, cksum0: 0, cksum1: 0 };
@@ -99,6 +101,7 @@ export class WalCapture {
       end: db.prepare('ROLLBACK'),
     }));
     this.fd = openSync(`${opts.dbPath}-wal`, 'a+');
+    this.commitsSyncWal = (writer.pragma('synchronous', { simple: true }) as number) >= 2;
     const pageSize = writer.pragma('page_size', { simple: true }) as number;
     this.checksum = new DbChecksum(pageSize);
     // Start under the write lock, so the WAL end, the checksum and the pin agree exactly.
@@ -144,6 +147,7 @@ export class WalCapture {
 
   /** Starts a paced fdatasync of the WAL on the thread pool (see PacedSync). */
   paceWalSync(): void {
+    if (this.commitsSyncWal) return;
     // The frame count starts over with each WAL generation.
     const frames = this.framesCaptured >= this.framesPaced ? this.framesCaptured - this.framesPaced : this.framesCaptured;
     this.framesPaced = this.framesCaptured;
