@@ -382,17 +382,19 @@ class MasterProcess {
  */
 class TxTimes {
   commit = new Float64Array(1 << 16);
+  received = new Float64Array(1 << 16);
   started = new Float64Array(1 << 16);
   visible = new Float64Array(1 << 16);
   durable = new Float64Array(1 << 16);
   /** 1 where a batch ended. */
   batchEnd = new Uint8Array(1 << 16);
 
-  applied(lastTxid: number, commitTimesMs: number[], startedAt: number, at: number): void {
+  applied(lastTxid: number, commitTimesMs: number[], receivedAt: number, startedAt: number, at: number): void {
     const first = lastTxid - commitTimesMs.length + 1;
     this.reserve(lastTxid);
     for (let i = 0; i < commitTimesMs.length; i++) {
       this.commit[first + i] = commitTimesMs[i]!;
+      this.received[first + i] = receivedAt;
       this.started[first + i] = startedAt;
       this.visible[first + i] = at;
     }
@@ -414,6 +416,7 @@ class TxTimes {
       return b;
     };
     this.commit = grow(this.commit, (n) => new Float64Array(n));
+    this.received = grow(this.received, (n) => new Float64Array(n));
     this.started = grow(this.started, (n) => new Float64Array(n));
     this.visible = grow(this.visible, (n) => new Float64Array(n));
     this.durable = grow(this.durable, (n) => new Float64Array(n));
@@ -481,7 +484,7 @@ function follow(masterUrl: string, dir: string): Follower {
       onApplied: (pos, txCount, _bytes, commitTimesMs) => {
         const at = wallNow();
         if (txCount === 0) snapshotResolve(at);
-        else times.applied(pos.txid, commitTimesMs, applyStartedAt, at);
+        else times.applied(pos.txid, commitTimesMs, batchReceivedAt, applyStartedAt, at);
       },
       onDurable: (pos, commitTimesMs) => {
         if (commitTimesMs.length > 0) times.madeDurable(pos.txid, commitTimesMs.length, wallNow());
@@ -494,16 +497,26 @@ function follow(masterUrl: string, dir: string): Follower {
     },
     log,
   );
-  // To split the lag into waiting (commit to the start of the batch's apply: capture, stream,
-  // the replica's event loop) and applying (verify, SQLite write and commit), time the
-  // replica's private applyQueued(). Only the bench does this; without it the split is left out.
+  // To split the lag into the master's side and the wire (commit to the first bytes of the
+  // batch arriving here), the replica's wait (to the start of the batch's apply) and the apply
+  // (verify, SQLite write and commit), time the replica's private takeRecords() and
+  // applyQueued(). Only the bench does this; without them the split is left out.
   let applyStartedAt = NaN;
-  const internals = f.replica as unknown as { applyQueued?: () => void };
-  if (typeof internals.applyQueued === 'function') {
-    const original = internals.applyQueued.bind(f.replica);
+  let batchReceivedAt = NaN;
+  let pendingReceivedAt = NaN;
+  const internals = f.replica as unknown as { applyQueued?: () => void; takeRecords?: (records: Buffer[]) => void };
+  if (typeof internals.applyQueued === 'function' && typeof internals.takeRecords === 'function') {
+    const apply = internals.applyQueued.bind(f.replica);
+    const take = internals.takeRecords.bind(f.replica);
+    internals.takeRecords = (records) => {
+      if (records.length > 0 && Number.isNaN(pendingReceivedAt)) pendingReceivedAt = wallNow();
+      take(records);
+    };
     internals.applyQueued = () => {
       applyStartedAt = wallNow();
-      original();
+      batchReceivedAt = pendingReceivedAt;
+      pendingReceivedAt = NaN;
+      apply();
     };
   }
   return f;
@@ -534,6 +547,9 @@ interface LagResult {
   durableLag: ReturnType<typeof summarize>;
   /** Commit to the start of the batch's apply, and the apply itself (per transaction). */
   waiting: ReturnType<typeof summarize> | undefined;
+  /** The part of `waiting` up to the batch's first bytes arriving (master, wire), and the rest (replica's loop). */
+  toReceipt: ReturnType<typeof summarize> | undefined;
+  receiptToApply: ReturnType<typeof summarize> | undefined;
   applying: ReturnType<typeof summarize> | undefined;
   windows: { fromS: number; toS: number; n: number; p50: number; p99: number; max: number }[];
   applyRate: number;
@@ -581,6 +597,8 @@ async function lagRun(label: string, synchronous: Synchronous, rate: number, sec
     const lags: number[] = [];
     const durableLags: number[] = [];
     const waits: number[] = [];
+    const toReceipt: number[] = [];
+    const receiptToApply: number[] = [];
     const applies: number[] = [];
     const byWindow = new Map<number, number[]>();
     let batches = 0;
@@ -594,6 +612,10 @@ async function lagRun(label: string, synchronous: Synchronous, rate: number, sec
       if (t.durable[txid] !== 0) durableLags.push(t.durable[txid]! - commit);
       if (!Number.isNaN(t.started[txid])) {
         waits.push(t.started[txid]! - commit);
+        if (!Number.isNaN(t.received[txid])) {
+          toReceipt.push(t.received[txid]! - commit);
+          receiptToApply.push(t.started[txid]! - t.received[txid]!);
+        }
         applies.push(t.visible[txid]! - t.started[txid]!);
       }
       // The last few commits may carry a time a hair past the end: they count in the last window.
@@ -622,6 +644,8 @@ async function lagRun(label: string, synchronous: Synchronous, rate: number, sec
       lag: summarize(lags),
       durableLag: summarize(durableLags),
       waiting: waits.length === lags.length && waits.length > 0 ? summarize(waits) : undefined,
+      toReceipt: toReceipt.length > 0 ? summarize(toReceipt) : undefined,
+      receiptToApply: receiptToApply.length > 0 ? summarize(receiptToApply) : undefined,
       applying: applies.length === lags.length && applies.length > 0 ? summarize(applies) : undefined,
       windows,
       applyRate: (lags.length * 1000) / (lastApplyMasterClock - load.startMs),
@@ -686,8 +710,20 @@ function printLag(title: string, results: LagResult[], withWindows: boolean): vo
   if (split.length > 0) {
     console.log('\nWhere the visible lag goes, per transaction: commit to the start of its batch\'s apply (capture, stream, replica event loop), then the apply (verify, write, commit)\n');
     printTable(
-      ['run', 'master sync', 'waiting p50 ms', 'p99 ms', 'applying p50 ms', 'p99 ms', 'max ms'],
-      split.map((r) => [r.label, r.synchronous, fmt(r.waiting!.p50, 3), fmt(r.waiting!.p99, 3), fmt(r.applying!.p50, 3), fmt(r.applying!.p99, 3), fmt(r.applying!.max, 2)]),
+      ['run', 'master sync', 'waiting p50 ms', 'p99 ms', 'of it to receipt p50', 'p99', 'receipt to apply p50', 'p99', 'applying p50 ms', 'p99 ms', 'max ms'],
+      split.map((r) => [
+        r.label,
+        r.synchronous,
+        fmt(r.waiting!.p50, 3),
+        fmt(r.waiting!.p99, 3),
+        r.toReceipt ? fmt(r.toReceipt.p50, 3) : '–',
+        r.toReceipt ? fmt(r.toReceipt.p99, 3) : '–',
+        r.receiptToApply ? fmt(r.receiptToApply.p50, 3) : '–',
+        r.receiptToApply ? fmt(r.receiptToApply.p99, 3) : '–',
+        fmt(r.applying!.p50, 3),
+        fmt(r.applying!.p99, 3),
+        fmt(r.applying!.max, 2),
+      ]),
     );
   }
   for (const r of results) {

@@ -37,7 +37,36 @@ const pageList = (pages: Map<number, PageImage>): PageImage[] => {
   return list;
 };
 
-const framePage = (f: Frame, copy: boolean): PageImage => ({ pgno: f.pgno, data: copy ? Buffer.from(f.data) : f.data, hashA: f.hashA, hashB: f.hashB });
+/** A frame's page as an image of its own, for pages that must outlive the read buffer. */
+const copiedPage = (f: Frame): PageImage => ({ pgno: f.pgno, data: Buffer.from(f.data), hashA: f.hashA, hashB: f.hashB });
+
+/** Transactions up to this many frames find repeated pages by looking, not with a Map. */
+const SMALL_TX_FRAMES = 32;
+
+/**
+ * A transaction's pages, each once as its last image in the transaction, page 1 last. A frame
+ * serves as its own page image unless `copy` (one object less per page, at every commit).
+ */
+export function txPages(frames: Frame[], copy: boolean): PageImage[] {
+  if (frames.length > SMALL_TX_FRAMES) {
+    const pages = new Map<number, PageImage>();
+    for (const f of frames) pages.set(f.pgno, copy ? copiedPage(f) : f);
+    return pageList(pages);
+  }
+  const list: PageImage[] = [];
+  let page1: PageImage | undefined;
+  for (let i = 0; i < frames.length; i++) {
+    const f = frames[i]!;
+    let rewritten = false;
+    for (let j = i + 1; j < frames.length && !rewritten; j++) rewritten = frames[j]!.pgno === f.pgno;
+    if (rewritten) continue;
+    const p = copy ? copiedPage(f) : f;
+    if (f.pgno === 1) page1 = p;
+    else list.push(p);
+  }
+  if (page1) list.push(page1);
+  return list;
+}
 
 /** Reads every page of the database through `db` (its current snapshot). */
 export function* readAllPages(db: Db): Generator<PageImage> {
@@ -228,14 +257,12 @@ export class WalCapture {
       const bytes = this.readAt(start, want);
       const { transactions, state, hitEnd } = scanFrames(bytes, header, this.scan);
       for (const tx of transactions) {
-        // A page written twice in one transaction counts once, as its last image.
-        const pages = new Map<number, PageImage>();
-        for (const f of tx.frames) pages.set(f.pgno, framePage(f, copyPages));
-        for (const p of pages.values()) this.checksum.setHash(p.pgno, p.hashA!, p.hashB!);
+        const pages = txPages(tx.frames, copyPages);
+        for (const p of pages) this.checksum.setHash(p.pgno, p.hashA!, p.hashB!);
         this.checksum.resize(tx.dbSize);
         this.framesCaptured += tx.frames.length;
         this.framesSinceCheckpoint += tx.frames.length;
-        out.push(this.emit(pageList(pages), tx.dbSize, false));
+        out.push(this.emit(pages, tx.dbSize, false));
       }
       this.scan = state;
       if (hitEnd || bytes.length < want) break;
@@ -425,7 +452,7 @@ export class WalCapture {
     const { transactions, state } = scanFrames(this.readAt(WAL_HEADER_BYTES, size - WAL_HEADER_BYTES), header, from);
     for (const tx of transactions) {
       this.framesCaptured += tx.frames.length;
-      if (collect) for (const f of tx.frames) pages.set(f.pgno, framePage(f, true));
+      if (collect) for (const f of tx.frames) pages.set(f.pgno, copiedPage(f));
     }
     this.scan = state;
     return pages;

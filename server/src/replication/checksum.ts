@@ -54,10 +54,13 @@ export const pageHashSeed1 = (pgno: number): number => 0x9e3779b1 ^ Math.imul(pg
 
 /** Mixes the two lanes into the 64-bit hash. */
 export function finishPageHash(pgno: number, h0: number, h1: number): [number, number] {
-  const a = fmix32(h0 ^ Math.imul(h1, 0x27d4eb2f));
-  const b = fmix32(h1 ^ Math.imul(a, 0x165667b1) ^ pgno);
-  return [a, b];
+  const a = finishPageHashA(h0, h1);
+  return [a, finishPageHashB(pgno, h1, a)];
 }
+
+/** The hash's halves one at a time, for the WAL scan's per-frame loop, which allocates no pair. */
+export const finishPageHashA = (h0: number, h1: number): number => fmix32(h0 ^ Math.imul(h1, 0x27d4eb2f));
+export const finishPageHashB = (pgno: number, h1: number, a: number): number => fmix32(h1 ^ Math.imul(a, 0x165667b1) ^ pgno);
 
 /**
  * SQLite stamps page 1 at every commit that touches it with the writer's own change counter

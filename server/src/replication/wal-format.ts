@@ -4,7 +4,7 @@
  * the checksums run over 32-bit words whose byte order the header's magic number selects.
  * Pure functions, no I/O.
  */
-import { finishPageHash, pageHash, pageHashSeed0, pageHashSeed1 } from './checksum.js';
+import { finishPageHashA, finishPageHashB, pageHash, pageHashSeed0, pageHashSeed1 } from './checksum.js';
 
 export const WAL_HEADER_BYTES = 32;
 export const FRAME_HEADER_BYTES = 24;
@@ -182,7 +182,8 @@ function fusedFramePass(w: Int32Array, first: number, pageWords: number, pgno: n
   }
   chain.s0 = a >>> 0;
   chain.s1 = b >>> 0;
-  [chain.hashA, chain.hashB] = finishPageHash(pgno, h0, h1);
+  chain.hashA = finishPageHashA(h0, h1);
+  chain.hashB = finishPageHashB(pgno, h1, chain.hashA);
 }
 
 function separatePasses(buf: Buffer, at: number, data: Buffer, bigEndian: boolean, pgno: number, chain: Chain): void {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, statSync } from 'node:fs';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { openDatabase, type Db } from '../../../server/src/db/connection.js';
-import { WalCapture, type CapturedTx } from '../../../server/src/replication/capture.js';
+import { txPages, WalCapture, type CapturedTx } from '../../../server/src/replication/capture.js';
 import { checksumPages, DbChecksum } from '../../../server/src/replication/checksum.js';
 import { integrityOf, openMaster, pagesOf, randomBytes, rng, tempDir, type TempDir } from './fixtures.js';
 
@@ -133,6 +133,27 @@ const setupTable = (db: Db): void => {
   db.exec('CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)');
   db.exec("INSERT INTO kv (v) VALUES ('seed')");
 };
+
+describe('txPages', () => {
+  const frame = (pgno: number, fill: number) => ({ pgno, commitSize: 0, data: Buffer.alloc(8, fill), hashA: fill, hashB: pgno });
+  for (const n of [4, 40]) {
+    it(`a page written twice in one transaction (${n} frames) goes out once, as its last image, and page 1 goes last`, () => {
+      const frames = [frame(3, 1), frame(1, 2), frame(3, 3), frame(5, 4)];
+      // Padding up to n frames takes the other path (a Map) past 32.
+      for (let i = 0; frames.length < n; i++) frames.splice(1, 0, frame(100 + i, 9));
+      for (const copy of [false, true]) {
+        const pages = txPages(frames, copy);
+        assert.equal(pages.length, n - 1);
+        assert.equal(pages[pages.length - 1]!.pgno, 1, 'page 1 last');
+        const three = pages.filter((p) => p.pgno === 3);
+        assert.equal(three.length, 1);
+        assert.equal(three[0]!.data[0], 3, 'the last image of page 3');
+        assert.equal(three[0]!.hashA, 3, 'with its own hash');
+        if (copy) assert.notEqual(three[0]!.data.buffer, frames[2]!.data.buffer, 'copied out of the read buffer');
+      }
+    });
+  }
+});
 
 describe('WalCapture', () => {
   let h: Harness | undefined;
