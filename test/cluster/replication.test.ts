@@ -691,6 +691,7 @@ describe('a live master with two replicas', () => {
 
     const mh = await health(master);
     assert.equal(mh.ha_mode, 'master');
+    assert.equal(mh.durable_position, undefined, 'only replicas report a durable position');
     assert.equal(mh.replicas, 2);
     assert.equal(mh.writable, true);
     assert.equal(mh.master_url, master.url);
@@ -700,6 +701,9 @@ describe('a live master with two replicas', () => {
       assert.equal(h.node_id, r.name);
       assert.equal(h.master_url, master.url);
       assert.equal(h.position.txid, pos.txid);
+      // Durable a sync after it is visible: caught up and idle, the two agree.
+      assert.ok(await waitUntil(async () => (await health(r)).durable_position?.txid === pos.txid, 5_000), 'the durable position reaches the applied one');
+      assert.equal((await health(r)).durable_position.checksum, pos.checksum);
       assert.equal(h.lag.transactions, 0);
       assert.equal(typeof h.lag.ms, 'number');
       assert.equal(h.status, 'healthy');
@@ -758,6 +762,10 @@ describe('a live master with two replicas', () => {
     assert.ok(metric(rm, 'nebulagc_ha_last_heartbeat')! > 0, 'no stream heartbeat seen on the replica');
     assert.equal(metric(rm, 'nebulagc_replication_position_txid'), pos.txid);
     assert.ok(metric(rm, 'nebulagc_replication_bytes_total', 'direction="received"')! > 0);
+    // Every transaction the replica applied was observed once visible and once durable.
+    const applied = metric(rm, 'nebulagc_replication_apply_lag_seconds_count')!;
+    assert.ok(applied > 0, 'no apply lag observed');
+    assert.equal(metric(rm, 'nebulagc_replication_durable_lag_seconds_count'), applied);
 
     // Silence the master: the replica keeps serving, and reports that it can no longer vouch
     // for its lag.
