@@ -22,11 +22,15 @@ function fmix32(h: number): number {
  */
 export function pageHash(pgno: number, page: Buffer): [number, number] {
   if (pgno === 1 && page.length >= 100) page = withoutCommitStamps(page);
+  // Pages that arrive over the network sit at any offset in their chunk, and reading them word
+  // by word through the Buffer was 13 times slower than the aligned view (17.5 against 1.4 µs a
+  // page): a copy to an aligned buffer costs a fraction of that.
+  if (LITTLE_ENDIAN_HOST && (page.byteOffset & 3) !== 0) page = alignedCopy(page);
   // Signed words and `| 0` keep the lanes 32-bit integers for the JIT; same bits as unsigned.
   let h0 = pageHashSeed0(pgno);
   let h1 = pageHashSeed1(pgno);
   const words = page.length >>> 2;
-  if (LITTLE_ENDIAN_HOST && (page.byteOffset & 3) === 0) {
+  if (LITTLE_ENDIAN_HOST) {
     const w = new Int32Array(page.buffer, page.byteOffset, words);
     let i = 0;
     for (const end = words - 3; i < end; i += 4) {
@@ -46,6 +50,15 @@ export function pageHash(pgno: number, page: Buffer): [number, number] {
     }
   }
   return finishPageHash(pgno, h0, h1);
+}
+
+let scratch = Buffer.allocUnsafeSlow(65536);
+
+/** `page` copied to the start of a reused buffer (its own allocation, so aligned), valid until the next call. */
+function alignedCopy(page: Buffer): Buffer {
+  if (scratch.length < page.length) scratch = Buffer.allocUnsafeSlow(page.length);
+  page.copy(scratch);
+  return scratch.subarray(0, page.length);
 }
 
 /** The lanes' starting state for page `pgno`; pageHash and the fused WAL scan both start here. */
