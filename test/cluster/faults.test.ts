@@ -377,6 +377,16 @@ function masterTx(masterFile: string, before: Buffer[], txid: number, sql: strin
   return { after, changed, record: { epoch: 1, txid, pageSize: 4096, dbSize: after.length, commitTimeMs: Date.now(), pages: changed, checksum } };
 }
 
+/** A replica copy of 50 rows opened at txid 10 (as from a snapshot), and the master's txid 11 running `sql`. */
+function copyAtTenThen(sql: string): { dir: string; replicaFile: string; stateFile: string; t: ReturnType<typeof masterTx>; applier: Applier } {
+  const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(50);
+  const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
+  const startValue = start.value;
+  const t = masterTx(masterFile, startPages, 11, sql);
+  const applier = Applier.fromSnapshot(replicaFile, stateFile, () => {}, start, { epoch: 1, txid: 10, checksum: startValue });
+  return { dir, replicaFile, stateFile, t, applier };
+}
+
 describe('Applier (unit)', () => {
   it('a byte changed before sealing (crc right, content wrong) fails the checksum; the copy rolls back and needs a snapshot', () => {
     const { dir, replicaFile, masterFile, stateFile, startPages: before } = applierFiles(200);
@@ -473,12 +483,8 @@ describe('Applier (unit)', () => {
   });
 
   it('a batch is visible to readers at once, and durable (position file) only after makeDurable()', async () => {
-    const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(50);
+    const { dir, replicaFile, stateFile, t, applier } = copyAtTenThen("UPDATE t SET v = 'visible' WHERE id = 5");
     try {
-      const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
-      const startValue = start.value;
-      const t = masterTx(masterFile, startPages, 11, "UPDATE t SET v = 'visible' WHERE id = 5");
-      const applier = Applier.fromSnapshot(replicaFile, stateFile, () => {}, start, { epoch: 1, txid: 10, checksum: startValue });
       const reader = new Database(replicaFile, { readonly: true, fileMustExist: true });
       try {
         assert.equal(applier.apply([decodeRecord(encodeTx(t.record)) as TxRecord]).txid, 11);
@@ -507,12 +513,10 @@ describe('Applier (unit)', () => {
   });
 
   it('a clean close writes the position of everything applied, so the next start has nothing to replay', async () => {
-    const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(50);
+    const copy = copyAtTenThen('DELETE FROM t WHERE id > 20');
+    const { dir, replicaFile, stateFile, t } = copy;
+    let applier = copy.applier;
     try {
-      const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
-      const startValue = start.value;
-      const t = masterTx(masterFile, startPages, 11, 'DELETE FROM t WHERE id > 20');
-      let applier = Applier.fromSnapshot(replicaFile, stateFile, () => {}, start, { epoch: 1, txid: 10, checksum: startValue });
       applier.apply([decodeRecord(encodeTx(t.record)) as TxRecord]);
       assert.equal(applier.durablePosition.txid, 10);
       await applier.close();
