@@ -321,6 +321,7 @@ export class ReplicationReplica {
           this.abort?.abort(err);
         },
       )
+      .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'reporting a durable position failed'))
       .finally(() => {
         this.syncing = false;
         if (applier === this.applier && applier.position !== applier.durablePosition) this.makeDurable(applier);

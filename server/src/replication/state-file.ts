@@ -15,8 +15,8 @@ const SYNC_EVERY_MS = 1000;
  * The replica's position: two fixed slots written in turn, each with a sequence number and a
  * crc, so a torn write leaves the other slot (one position older) intact.
  *
- * A slot is written only after the SQLite commit of its batch returned (synchronous=FULL), so
- * every slot that reaches the disk names a position the file has already passed. That is what
+ * A slot is written only after its batch is on disk (the WAL fdatasync of Applier.makeDurable),
+ * so every slot that reaches the disk names a position the file has already passed. That is what
  * lets the slot write skip its own fsync: after a power loss the slot may be older than the
  * file, and the applier, which recomputes the file's checksum at start, replays from it until
  * the checksums agree (page images are idempotent). One fsync per batch instead of two is
