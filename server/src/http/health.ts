@@ -1,9 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, Deps } from './context.js';
-import { ok } from './schemas.js';
+import { ok, positionSchema } from './schemas.js';
 import { VERSION } from '../version.js';
-
-const positionSchema = z.object({ epoch: z.number().int(), txid: z.number().int(), checksum: z.string() });
 
 const healthSchema = z
   .object({

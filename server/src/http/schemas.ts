@@ -1,6 +1,9 @@
 import { z } from '@hono/zod-openapi';
 import { errorSchema } from './errors.js';
 
+/** A replication position: (epoch, txid) and the database checksum after it. */
+export const positionSchema = z.object({ epoch: z.number().int(), txid: z.number().int(), checksum: z.string() });
+
 /** Response and query schemas, published in /openapi.json. Request bodies come from domain/validation.ts. */
 export const tenantSchema = z
   .object({ id: z.string(), name: z.string(), created_at: z.string(), updated_at: z.string() })

@@ -206,39 +206,34 @@ export class Applier {
     // Readers see only the group's commit, so each page is written once, as the group's last
     // transaction to touch it left it: consecutive small transactions mostly rewrite the same
     // few pages, and writing every image made the apply cost grow with the batch.
-    let latest = new Map<number, Buffer>();
+    const latest = new Map<number, Buffer>();
     let shrinkTo: number | undefined;
     for (const r of records) {
       if (r.txid !== pos.txid + 1) throw new ApplyError(`expected txid ${pos.txid + 1}, got ${r.txid}`);
       if (r.epoch < pos.epoch) throw new ApplyError(`txid ${r.txid} comes from epoch ${r.epoch}, older than ${pos.epoch}`);
+      // Replaying from the position file up to the file's own state only moves the checksum: the
+      // file already holds those transactions (the one whose checksum matches included), and
+      // writing their older page images would show readers states that never were.
+      const write = recovering === 0;
       // A shrinking transaction writes page 1 (the page count lives there), so it ends its group.
-      shrinkTo = r.dbSize < this.checksum.pageCount ? r.dbSize : undefined;
+      shrinkTo = write && r.dbSize < this.checksum.pageCount ? r.dbSize : undefined;
       for (const p of r.pages) {
-        latest.set(p.pgno, p.data);
+        if (write) latest.set(p.pgno, p.data);
         if (p.hashA !== undefined && p.hashB !== undefined) this.checksum.setHash(p.pgno, p.hashA, p.hashB);
         else this.checksum.setPage(p.pgno, p.data);
       }
       this.checksum.resize(r.dbSize);
-      if (this.checksum.value === r.checksum) {
-        if (recovering > 0) {
-          // Replaying from the position file up to the file's own state only recomputed the
-          // checksum: the file already holds these transactions, and writing their older page
-          // images would show readers states that never were. From here on, write.
-          latest = new Map();
-          shrinkTo = undefined;
-        }
-        recovering = 0;
-      } else if (recovering > 0) recovering--;
+      if (this.checksum.value === r.checksum) recovering = 0;
+      else if (recovering > 0) recovering--;
       else throw new ApplyError(`checksum mismatch after txid ${r.txid}: have ${this.checksum.value}, master has ${r.checksum}`);
       pos = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
     }
-    if (recovering > 0) latest.clear();
     // Page 1 last (only the group's last transaction writes it), then the truncation row.
     const page1 = latest.get(1);
     const rows: (number | Buffer | null)[] = [];
     for (const [pgno, data] of latest) if (pgno !== 1) rows.push(pgno, data);
     if (page1) rows.push(1, page1);
-    if (shrinkTo !== undefined && recovering === 0) rows.push(shrinkTo + 1, null);
+    if (shrinkTo !== undefined) rows.push(shrinkTo + 1, null);
     this.pagesSinceCheckpoint += rows.length / 2;
     if (page1) this.stamps.prepare(imageStamp(page1));
     this.writeRows(rows);

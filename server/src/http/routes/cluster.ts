@@ -1,9 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { requireOperator } from '../../domain/auth.js';
 import type { App, Deps } from '../context.js';
-import { errors, ok, security } from '../schemas.js';
+import { errors, ok, positionSchema, security } from '../schemas.js';
 
-const positionSchema = z.object({ epoch: z.number().int(), txid: z.number().int(), checksum: z.string() }).nullable();
 const lagSchema = z.object({ transactions: z.number(), ms: z.number().nullable() });
 const replicaSchema = z
   .object({
@@ -20,7 +19,7 @@ const statusSchema = z
     node_id: z.string(),
     ha_mode: z.enum(['standalone', 'master', 'replica']),
     master_url: z.string().nullable(),
-    position: positionSchema,
+    position: positionSchema.nullable(),
     lag: lagSchema,
     replicas: z.array(replicaSchema),
   })
