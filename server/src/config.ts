@@ -169,7 +169,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
   }
   const scheme = e.NEBULAGC_TLS_CERT ? 'https' : 'http';
   const listenHost = e.NEBULAGC_LISTEN.host === '0.0.0.0' || e.NEBULAGC_LISTEN.host === '::' ? os.hostname() : e.NEBULAGC_LISTEN.host;
-  const advertiseUrl = (e.NEBULAGC_ADVERTISE_URL ?? `${scheme}://${listenHost}:${e.NEBULAGC_LISTEN.port}`).replace(/\/+$/, '');
+  // An IPv6 literal needs brackets in a URL, or its colons read as the port's.
+  const urlHost = listenHost.includes(':') ? `[${listenHost}]` : listenHost;
+  const advertiseUrl = (e.NEBULAGC_ADVERTISE_URL ?? `${scheme}://${urlHost}:${e.NEBULAGC_LISTEN.port}`).replace(/\/+$/, '');
   return {
     listen: e.NEBULAGC_LISTEN,
     dbPath: e.NEBULAGC_DB_PATH,

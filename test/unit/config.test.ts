@@ -71,6 +71,13 @@ describe('loadConfig', () => {
     assert.deepEqual(loadConfig({ NEBULAGC_LISTEN: '[::1]:8443' }).listen, { host: '::1', port: 8443 });
   });
 
+  it('brackets an IPv6 listen address in the default advertise URL', () => {
+    const url = loadConfig({ NEBULAGC_LISTEN: '[fd00::7]:8443' }).replication.advertiseUrl;
+    assert.equal(url, 'http://[fd00::7]:8443');
+    assert.equal(new URL(url).port, '8443');
+    assert.equal(loadConfig({ NEBULAGC_LISTEN: '10.1.2.3:8080' }).replication.advertiseUrl, 'http://10.1.2.3:8080');
+  });
+
   it('lets flags override env vars', () => {
     const c = loadConfig(
       { NEBULAGC_LISTEN: '10.0.0.1:1000', NEBULAGC_LOG_LEVEL: 'debug', NEBULAGC_DB_PATH: '/env.db' },
