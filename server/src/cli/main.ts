@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --min-semi-space-size=16
 import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
 import { maintenanceCommands } from './maintenance.js';
