@@ -466,11 +466,6 @@ function follow(masterUrl: string, dir: string): Follower {
     snapshotAt,
     logLines,
     async stop() {
-      // ReplicationReplica.stop() right after a snapshot is installed can hang for good: it
-      // aborts the snapshot's AbortController, and follow() then opens the stream with a new one
-      // that nothing aborts (it does not check `running` in between). Let the stream open first.
-      const deadline = Date.now() + 5000;
-      while (f.replica.hasCopy && !f.replica.connected && Date.now() < deadline) await sleep(5);
       await f.replica.stop();
       client.close();
     },

@@ -190,6 +190,27 @@ describe('RecordFramer', () => {
     assert.ok(rest[0]!.equals(records[1]!));
   });
 
+  it('hands out records that lie within one chunk as views of it, and copies only those that span chunks', () => {
+    const framer = new RecordFramer(1 << 20);
+    const cut = records[0]!.length + records[1]!.length + 10; // inside the third record
+    // Each chunk in memory of its own, as a socket hands them out (Buffer.from would share a pool).
+    const own = (b: Buffer): Buffer => {
+      const c = Buffer.allocUnsafeSlow(b.length);
+      b.copy(c);
+      return c;
+    };
+    const first = own(stream.subarray(0, cut));
+    const second = own(stream.subarray(cut));
+    const out = [...framer.push(first), ...framer.push(second)];
+    assertSame(out);
+    assert.equal(out[0]!.buffer, first.buffer);
+    assert.equal(out[1]!.buffer, first.buffer);
+    assert.notEqual(out[2]!.buffer, first.buffer, 'the spanning record is a copy of its own');
+    assert.notEqual(out[2]!.buffer, second.buffer);
+    assert.equal(out[3]!.buffer, second.buffer);
+    assert.equal(out[4]!.buffer, second.buffer);
+  });
+
   it('throws on a record larger than maxRecordBytes', () => {
     const big = encodeTx(tx({ pageSize: 4096, pages: [{ pgno: 1, data: Buffer.alloc(4096) }] }));
     assert.throws(() => frameIn([big], big.length - 1), CorruptRecordError);
