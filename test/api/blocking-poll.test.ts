@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { clusterDir, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { seed, type Seeded } from '../helpers/fixtures.js';
-import { call, startTestServer, TEST_ADMIN_TOKEN, type TestServer } from '../helpers/server.js';
+import { openStore } from '../../server/src/db/open-store.js';
+import { updateNode } from '../../server/src/domain/nodes.js';
+import { call, startTestServer, TEST_ADMIN_TOKEN, TEST_SECRET, type TestServer } from '../helpers/server.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -58,6 +60,23 @@ describe('blocking config polls', () => {
     assert.equal(r.index, String(r.body.version));
     assert.ok(r.ms < 30_000, `answered by the change, not the wait (${r.ms} ms)`);
     assert.equal(await held(s.url), 0);
+  });
+
+  it('wakes a held poll for a change another process commits (the CLI against a live database)', async () => {
+    const v = await current();
+    const pending = poll(s.url, k.node.headers, `?index=${v}&wait=30s`);
+    assert.ok(await waitUntil(async () => (await held(s.url)) === 1, 5_000), 'the poll is held');
+    // A connection of its own, as the CLI has: the server's commit hooks never hear of it.
+    const other = openStore({ dbPath: s.dbPath, synchronous: 'NORMAL', secret: TEST_SECRET });
+    try {
+      updateNode(other.store, k.clusterId, k.node.id, { mtu: 1380 });
+    } finally {
+      other.close();
+    }
+    const r = await pending;
+    assert.equal(r.status, 200);
+    assert.ok(r.body.version > v, 'answered with the new version');
+    assert.ok(r.ms < 30_000, `answered by the change, not the wait (${r.ms} ms)`);
   });
 
   it('a change that does not touch the node leaves it held until the wait runs out', async () => {

@@ -32,13 +32,16 @@ import { benchWriter, type LoadResult } from './master-load.js';
  *   BENCH_SNAPSHOT_MB        MiB of blobs in the snapshot database (256; the recorded run used 1024)
  *   BENCH_MASTER_NODE_OPTIONS node flags for the master process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *   BENCH_DEBUG              print the replica's info-level log lines too
- *   NEBULAGC_WAL_CHECKPOINT_BYTES  the master's checkpoint step (the server's default otherwise)
+ *   NEBULAGC_WAL_CHECKPOINT_BYTES  the master's checkpoint step (the server's default otherwise); likewise
+ *   NEBULAGC_REPLICATION_LOG_BYTES, _LOG_MAX_AGE_S, _MEMORY_BYTES  the master's log retention
  * Results and what they mean: docs/BENCHMARKS.md, "Replication".
  */
 
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const MASTER_LOAD = path.join(DIST, 'test/bench/master-load.js');
 const REPLICATION_SECRET = 'bench-replication-secret-0123456789abcdef';
+/** The master's settings a bench run may change through the environment (others are fixed). */
+const MASTER_TUNING = ['NEBULAGC_WAL_CHECKPOINT_BYTES', 'NEBULAGC_REPLICATION_LOG_BYTES', 'NEBULAGC_REPLICATION_LOG_MAX_AGE_S', 'NEBULAGC_REPLICATION_MEMORY_BYTES'];
 
 const env = (name: string, fallback: string): string => process.env[name] || fallback;
 const envNumber = (name: string, fallback: number): number => {
@@ -300,7 +303,7 @@ class MasterProcess {
         NEBULAGC_HA_MODE: 'master',
         NEBULAGC_REPLICATION_SECRET: REPLICATION_SECRET,
         NEBULAGC_DB_SYNCHRONOUS: synchronous,
-        ...(process.env.NEBULAGC_WAL_CHECKPOINT_BYTES ? { NEBULAGC_WAL_CHECKPOINT_BYTES: process.env.NEBULAGC_WAL_CHECKPOINT_BYTES } : {}),
+        ...Object.fromEntries(MASTER_TUNING.filter((k) => process.env[k]).map((k) => [k, process.env[k]!])),
       },
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       // Not the parent's flags (a --cpu-prof of the bench would profile the master too).

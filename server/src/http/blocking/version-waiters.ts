@@ -2,6 +2,12 @@ import { stmt } from '../../db/connection.js';
 import type { Store } from '../../domain/store.js';
 import { DeadlineHeap, type Timed } from './deadline-heap.js';
 
+/**
+ * While polls are held, how often to look for commits no hook reports: another process's
+ * (the CLI run against a live database, a master's WAL without a replication master).
+ */
+const OTHER_COMMITS_CHECK_MS = 250;
+
 interface Waiter extends Timed {
   nodeId: string;
   /** The version the client already has; a wake-up for this same version is ignored. */
@@ -12,9 +18,10 @@ interface Waiter extends Timed {
 /**
  * Blocking polls held until a node's rendered-config version moves. A held request costs an
  * entry in two maps: no database work and no timer of its own. One timer serves the earliest
- * deadline of a heap. After each commit (the writer's hook, or the replica's applier),
- * `changed()` makes one query for the nodes whose version moved past the highest index seen so
- * far, and answers only their waiters.
+ * deadline of a heap. After each commit (the writer's hook, or the replica's applier), and every
+ * OTHER_COMMITS_CHECK_MS while anything is held (commits of other processes have no hook), `changed()` makes
+ * one query for the nodes whose version moved past the highest index seen so far, and answers
+ * only their waiters.
  */
 export class VersionWaiters {
   private readonly byNode = new Map<string, Set<Waiter>>();
@@ -24,6 +31,7 @@ export class VersionWaiters {
   private seenIndex: number;
   private closed = false;
   private pending: NodeJS.Immediate | undefined;
+  private otherCommitsCheck: NodeJS.Timeout | undefined;
 
   constructor(private readonly store: Store) {
     this.seenIndex = this.renderIndex() ?? 0;
@@ -57,6 +65,7 @@ export class VersionWaiters {
       set.add(waiter);
       this.heap.push(waiter);
       this.arm();
+      this.checkOtherCommits();
     });
   }
 
@@ -71,6 +80,17 @@ export class VersionWaiters {
       this.pending = undefined;
       this.wakeMoved();
     });
+  }
+
+  /** One query every OTHER_COMMITS_CHECK_MS (the render index row) while anything is held. */
+  private checkOtherCommits(): void {
+    if (this.otherCommitsCheck) return;
+    this.otherCommitsCheck = setInterval(() => {
+      if (this.heap.size > 0) return this.changed();
+      clearInterval(this.otherCommitsCheck);
+      this.otherCommitsCheck = undefined;
+    }, OTHER_COMMITS_CHECK_MS);
+    this.otherCommitsCheck.unref();
   }
 
   private wakeMoved(): void {
@@ -101,6 +121,8 @@ export class VersionWaiters {
     if (this.pending) clearImmediate(this.pending);
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    clearInterval(this.otherCommitsCheck);
+    this.otherCommitsCheck = undefined;
     for (const w of this.heap.drain()) this.finish(w);
   }
 
