@@ -2,6 +2,7 @@ import { mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, w
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Checksum } from './checksum.js';
+import { LogIndex } from './log-index.js';
 import { PacedSync } from './paced-sync.js';
 import { decodeRecord, RecordFramer, type Position } from './record.js';
 
@@ -13,18 +14,6 @@ export interface LogLimits {
   /** Bytes of recent records also kept in memory, so live replicas never touch the disk. */
   memoryBytes: number;
   segmentBytes: number;
-}
-
-interface Entry {
-  txid: number;
-  epoch: number;
-  checksum: Checksum;
-  commitTimeMs: number;
-  bytes: number;
-  /** Bytes of all entries up to and including this one since the log began: lag in bytes. */
-  cumulative: number;
-  segment: Segment;
-  buf: Buffer | undefined;
 }
 
 interface Segment {
@@ -49,8 +38,7 @@ const SYNC_MAX_BYTES = 2 * 1024 * 1024;
  * first entry gets a snapshot instead.
  */
 export class ReplicationLog {
-  private entries: Entry[] = [];
-  private head = 0;
+  private readonly index = new LogIndex();
   private segments: Segment[] = [];
   private fd: number | undefined;
   private readonly pacing = new PacedSync(SYNC_EVERY_MS, SYNC_MAX_BYTES);
@@ -59,6 +47,7 @@ export class ReplicationLog {
   private slabUsed = 0;
   private flushScheduled = false;
   private memoryBytes = 0;
+  /** The oldest txid whose record may still be in memory. */
   private memoryFrom = 0;
   private cumulative = 0;
   /** The last txid written to a segment file: replicas are streamed nothing past it. */
@@ -77,12 +66,12 @@ export class ReplicationLog {
   }
 
   get first(): number | undefined {
-    return this.entries[this.head]?.txid;
+    return this.index.first;
   }
 
   get last(): Position | undefined {
-    const e = this.entries[this.entries.length - 1];
-    return e && this.entries.length > this.head ? { epoch: e.epoch, txid: e.txid, checksum: e.checksum } : undefined;
+    const txid = this.index.last;
+    return txid === undefined ? undefined : { epoch: this.index.epoch(txid), txid, checksum: this.index.checksum(txid) };
   }
 
   get diskBytes(): number {
@@ -91,21 +80,20 @@ export class ReplicationLog {
 
   /** The checksum after `txid`, while the log holds it. */
   checksumAt(txid: number): Checksum | undefined {
-    return this.entry(txid)?.checksum;
+    return this.index.has(txid) ? this.index.checksum(txid) : undefined;
   }
 
   commitTimeOf(txid: number): number | undefined {
-    return this.entry(txid)?.commitTimeMs;
+    return this.index.has(txid) ? this.index.commitTimeMs(txid) : undefined;
   }
 
   /** Record bytes from just after `fromTxid` through `toTxid`: how far behind a replica is. */
   bytesBetween(fromTxid: number, toTxid: number): number {
-    const to = this.entry(toTxid);
-    if (!to) return 0;
-    const from = this.entry(fromTxid);
-    const first = this.entries[this.head];
-    const base = from ? from.cumulative : first ? first.cumulative - first.bytes : to.cumulative;
-    return Math.max(0, to.cumulative - base);
+    const ix = this.index;
+    if (!ix.has(toTxid)) return 0;
+    const first = ix.first!;
+    const base = ix.has(fromTxid) ? ix.cumulative(fromTxid) : ix.cumulative(first) - ix.bytes(first);
+    return Math.max(0, ix.cumulative(toTxid) - base);
   }
 
   /**
@@ -125,7 +113,7 @@ export class ReplicationLog {
   }
 
   append(pos: Position & { commitTimeMs: number }, buf: Buffer): void {
-    const lastTxid = this.entries.length > this.head ? this.entries[this.entries.length - 1]!.txid : undefined;
+    const lastTxid = this.index.last;
     if (lastTxid !== undefined && pos.txid !== lastTxid + 1) throw new Error(`log expected txid ${lastTxid + 1}, got ${pos.txid}`);
     let seg = this.segments[this.segments.length - 1];
     if (!seg || seg.bytes >= this.limits.segmentBytes || this.needFreshSegment) {
@@ -133,14 +121,13 @@ export class ReplicationLog {
       this.needFreshSegment = false;
     }
     this.cumulative += buf.length;
-    this.entries.push({
-      txid: pos.txid,
+    this.index.push(pos.txid, {
       epoch: pos.epoch,
       checksum: pos.checksum,
       commitTimeMs: pos.commitTimeMs,
       bytes: buf.length,
       cumulative: this.cumulative,
-      segment: seg,
+      segment: seg.firstTxid,
       buf,
     });
     seg.bytes += buf.length;
@@ -159,22 +146,23 @@ export class ReplicationLog {
   *recordsAfter(txid: number): Generator<Buffer> {
     const first = this.first;
     if (first === undefined || txid < first - 1) return;
-    let i = this.head + (txid + 1 - first);
     let diskSegment: Segment | undefined;
     let diskRecords = new Map<number, Buffer>();
-    for (; i < this.entries.length; i++) {
-      const e = this.entries[i]!;
-      if (e.buf) {
-        yield e.buf;
+    for (let t = txid + 1; t <= (this.index.last ?? -1); t++) {
+      const inMemory = this.index.buf(t);
+      if (inMemory) {
+        yield inMemory;
         continue;
       }
-      if (diskSegment !== e.segment) {
+      const segment = this.index.segment(t);
+      if (diskSegment?.firstTxid !== segment) {
         this.flush();
-        diskSegment = e.segment;
-        diskRecords = this.readSegment(e.segment);
+        diskSegment = this.segments.find((s) => s.firstTxid === segment);
+        if (!diskSegment) throw new Error(`no segment starts at txid ${segment}`);
+        diskRecords = this.readSegment(diskSegment);
       }
-      const buf = diskRecords.get(e.txid);
-      if (!buf) throw new Error(`segment ${e.segment.file} lacks txid ${e.txid}`);
+      const buf = diskRecords.get(t);
+      if (!buf) throw new Error(`segment ${diskSegment.file} lacks txid ${t}`);
       yield buf;
     }
   }
@@ -191,8 +179,7 @@ export class ReplicationLog {
     this.closeFd();
     for (const s of this.segments) unlinkSync(s.file);
     this.segments = [];
-    this.entries = [];
-    this.head = 0;
+    this.index.clear();
     this.memoryBytes = 0;
     this.memoryFrom = 0;
     this.pending = [];
@@ -214,17 +201,10 @@ export class ReplicationLog {
       if (!tooBig && !tooOld) break;
       dropped.push(oldest.file);
       this.segments.shift();
-      while (this.head < this.entries.length && this.entries[this.head]!.segment === oldest) {
-        const e = this.entries[this.head]!;
-        if (e.buf) this.memoryBytes -= e.bytes;
-        e.buf = undefined;
-        this.head++;
+      for (let t = this.index.first; t !== undefined && this.index.segment(t) === oldest.firstTxid; t = this.index.first) {
+        this.memoryBytes -= this.index.dropBuf(t);
+        this.index.shift();
       }
-    }
-    if (this.head > 4096 && this.head > this.entries.length / 2) {
-      this.entries = this.entries.slice(this.head);
-      this.memoryFrom = Math.max(0, this.memoryFrom - this.head);
-      this.head = 0;
     }
     return Promise.all(dropped.map((file) => rm(file, { force: true }))).then(() => undefined);
   }
@@ -253,12 +233,6 @@ export class ReplicationLog {
     this.closeFd();
   }
 
-  private entry(txid: number): Entry | undefined {
-    const first = this.first;
-    if (first === undefined || txid < first) return undefined;
-    return this.entries[this.head + (txid - first)];
-  }
-
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
@@ -269,13 +243,11 @@ export class ReplicationLog {
   }
 
   private trimMemory(): void {
-    while (this.memoryBytes > this.limits.memoryBytes && this.memoryFrom < this.entries.length - 1) {
-      const e = this.entries[this.memoryFrom++]!;
-      if (e.buf) {
-        this.memoryBytes -= e.bytes;
-        e.buf = undefined;
-      }
-    }
+    const last = this.index.last;
+    if (last === undefined) return;
+    this.memoryFrom = Math.max(this.memoryFrom, this.index.first!);
+    // The newest record always stays: it is the one just appended.
+    while (this.memoryBytes > this.limits.memoryBytes && this.memoryFrom < last) this.memoryBytes -= this.index.dropBuf(this.memoryFrom++);
   }
 
   private openSegment(firstTxid: number): Segment {
@@ -325,17 +297,16 @@ export class ReplicationLog {
         } catch {
           break;
         }
-        const last = this.entries[this.entries.length - 1];
-        if (r.type !== 1 || (last && r.txid !== last.txid + 1)) break;
+        const last = this.index.last;
+        if (r.type !== 1 || (last !== undefined && r.txid !== last + 1)) break;
         this.cumulative += buf.length;
-        this.entries.push({
-          txid: r.txid,
+        this.index.push(r.txid, {
           epoch: r.epoch,
           checksum: r.checksum,
           commitTimeMs: r.commitTimeMs,
           bytes: buf.length,
           cumulative: this.cumulative,
-          segment: seg,
+          segment: seg.firstTxid,
           buf: undefined,
         });
         seg.bytes += buf.length;
@@ -346,7 +317,7 @@ export class ReplicationLog {
       }
       this.segments.push(seg);
     }
-    this.memoryFrom = this.entries.length;
+    this.memoryFrom = (this.index.last ?? 0) + 1;
     this.durableTxid = this.last?.txid;
   }
 }
