@@ -18,10 +18,10 @@ interface Waiter extends Timed {
 /**
  * Blocking polls held until a node's rendered-config version moves. A held request costs an
  * entry in two maps: no database work and no timer of its own. One timer serves the earliest
- * deadline of a heap. After each commit (the writer's hook, or the replica's applier), and every
- * OTHER_COMMITS_CHECK_MS while anything is held (commits of other processes have no hook), `changed()` makes
- * one query for the nodes whose version moved past the highest index seen so far, and answers
- * only their waiters.
+ * deadline of a heap. After each commit (the writer's hook, or the replica's applier), and
+ * every OTHER_COMMITS_CHECK_MS while anything is held (other processes' commits have no hook),
+ * `changed()` makes one query for the nodes whose version moved past the highest index seen so
+ * far, and answers only their waiters.
  */
 export class VersionWaiters {
   private readonly byNode = new Map<string, Set<Waiter>>();
