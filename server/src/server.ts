@@ -103,7 +103,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
           const now = performance.timeOrigin + performance.now();
           for (const t of commitTimesMs) metrics.replicationApplyLag.observe(Math.max(0, now - t) / 1000);
           metrics.replicationTransactions.inc(txs);
-          metrics.replicationBytes.inc({ direction: 'received' }, bytes);
+          metrics.replicationBytesReceived.inc(bytes);
           if (txs > 0) metrics.replicationBatchSize.observe(txs);
           else metrics.replicationSnapshots.inc();
         },

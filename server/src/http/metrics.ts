@@ -4,6 +4,7 @@ import type { Writer } from '../db/writer.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { HaRole } from '../ha/role.js';
 import type { VersionWaiters } from './blocking/version-waiters.js';
+import { DeferredCounter, DeferredHistogram, type CountHandle } from './deferred-metrics.js';
 
 export interface MetricSources {
   dbPath: string;
@@ -93,6 +94,10 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** nebulagc_replication_bytes_total, added to per record: through handles (see deferred-metrics.ts). */
+  readonly replicationBytesSent: CountHandle;
+  readonly replicationBytesReceived: CountHandle;
+
   readonly replicationTransactions = new Counter({
     name: 'nebulagc_replication_transactions_total',
     help: 'Transactions captured (master) or applied (replica)',
@@ -143,6 +148,9 @@ export class Metrics {
   constructor(sources: MetricSources) {
     const { dbPath, writer } = sources;
     this.writer = writer;
+    const replicationBytes = new DeferredCounter(this.replicationBytes);
+    this.replicationBytesSent = replicationBytes.handle({ direction: 'sent' });
+    this.replicationBytesReceived = replicationBytes.handle({ direction: 'received' });
     collectDefaultMetrics({ register: this.registry, prefix: 'nebulagc_' });
     new Gauge({
       name: 'nebulagc_db_size_bytes',
@@ -168,9 +176,15 @@ export class Metrics {
         this.set(writer.writable ? 1 : 0);
       },
     });
+    // Every commit passes here: counted through handles (see deferred-metrics.ts).
+    const writes = new DeferredCounter(this.dbWrites);
+    const byOp = new Map<string, CountHandle>();
+    const duration = new DeferredHistogram(this.dbWriteDuration).handle({});
     writer.onCommit((info) => {
-      this.dbWrites.inc({ op: info.label });
-      this.dbWriteDuration.observe(info.durationMs / 1000);
+      let count = byOp.get(info.label);
+      if (!count) byOp.set(info.label, (count = writes.handle({ op: info.label })));
+      count.inc();
+      duration.observe(info.durationMs / 1000);
     });
   }
 

@@ -45,7 +45,7 @@ function parse<T>(schema: z.ZodType<T>, value: unknown): T {
 export function registerReplicationRoutes(app: App, deps: Deps, master: ReplicationMaster, role: HaRole): void {
   const { metrics, store } = deps;
   const pki = pkiFrom(deps.config.pki);
-  const sent = (n: number): void => metrics.replicationBytes.inc({ direction: 'sent' }, n);
+  const sent = (n: number): void => metrics.replicationBytesSent.inc(n);
 
   app.get('/internal/v1/replication/stream', (c) => {
     const q = parse(positionQuery, c.req.query());
