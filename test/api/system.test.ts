@@ -65,12 +65,12 @@ describe('system endpoints', () => {
     assert.match(text, /nebulagc_http_requests_total\{method="GET",route="\/api\/v1\/config\/version",status="200"\} [1-9]/);
     assert.match(text, /nebulagc_http_request_duration_seconds_bucket\{le="0.005",method="GET",route="\/api\/v1\/config\/version"\}/);
     assert.match(text, /nebulagc_db_write_transactions_total\{op="node.create"\} 2/);
-    // Every commit is timed: as many observations as write transactions counted (give or take a
-    // background write committed between the two metrics' collection).
+    // Every commit is timed: as many observations as write transactions counted (give or take
+    // one background write committed between the two metrics' collection).
     const writes = [...text.matchAll(/^nebulagc_db_write_transactions_total\{[^}]*\} (\d+)$/gm)].reduce((n, m) => n + Number(m[1]), 0);
     const timed = Number(/^nebulagc_db_write_duration_seconds_count (\d+)$/m.exec(text)?.[1]);
     assert.ok(writes >= 2);
-    assert.ok(Math.abs(timed - writes) <= 2, `${timed} timed writes against ${writes} counted`);
+    assert.ok(timed > 0 && Math.abs(timed - writes) <= 1, `${timed} timed writes against ${writes} counted`);
     assert.match(text, /^nebulagc_db_size_bytes [1-9]\d*/m);
     assert.match(text, /^nebulagc_ha_is_master 1$/m);
     assert.match(text, /^nebulagc_ha_replicas_total 0$/m);
