@@ -42,6 +42,7 @@ const MASTER_LOAD = path.join(DIST, 'test/bench/master-load.js');
 const REPLICATION_SECRET = 'bench-replication-secret-0123456789abcdef';
 /** The master's settings a bench run may change through the environment (others are fixed). */
 const MASTER_TUNING = ['NEBULAGC_WAL_CHECKPOINT_BYTES', 'NEBULAGC_REPLICATION_LOG_BYTES', 'NEBULAGC_REPLICATION_LOG_MAX_AGE_S', 'NEBULAGC_REPLICATION_MEMORY_BYTES'];
+const masterTuning = (): Record<string, string> => Object.fromEntries(MASTER_TUNING.filter((k) => process.env[k]).map((k) => [k, process.env[k]!]));
 
 const env = (name: string, fallback: string): string => process.env[name] || fallback;
 const envNumber = (name: string, fallback: number): number => {
@@ -120,13 +121,13 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-/** The server's own defaults for the replication log and checkpoints, as loadConfig gives them. */
+/** The replication log and checkpoint settings as loadConfig gives them: the server's defaults unless MASTER_TUNING sets them. */
 function masterDefaults(): { log: { maxBytes: number; maxAgeMs: number; memoryBytes: number }; walCheckpointBytes: number } {
   const c = loadConfig({
     NEBULAGC_HA_MODE: 'master',
     NEBULAGC_REPLICATION_SECRET: REPLICATION_SECRET,
     NEBULAGC_HMAC_SECRET: TEST_SECRET,
-    NEBULAGC_WAL_CHECKPOINT_BYTES: process.env.NEBULAGC_WAL_CHECKPOINT_BYTES,
+    ...masterTuning(),
   });
   return { log: c.replication.log, walCheckpointBytes: c.replication.walCheckpointBytes };
 }
@@ -303,7 +304,7 @@ class MasterProcess {
         NEBULAGC_HA_MODE: 'master',
         NEBULAGC_REPLICATION_SECRET: REPLICATION_SECRET,
         NEBULAGC_DB_SYNCHRONOUS: synchronous,
-        ...Object.fromEntries(MASTER_TUNING.filter((k) => process.env[k]).map((k) => [k, process.env[k]!])),
+        ...masterTuning(),
       },
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       // Not the parent's flags (a --cpu-prof of the bench would profile the master too).

@@ -271,8 +271,8 @@ export class Applier {
     if (this.closed) return Promise.resolve();
     this.closed = true;
     // A clean stop leaves the position file at the copy's position, so the next start has
-    // nothing to replay.
-    // A broken copy's position is still its last verified one (a group that fails writes nothing).
+    // nothing to replay. A broken copy's position is still its last verified one (a group that
+    // fails writes nothing).
     if (this.pos !== this.durable) {
       try {
         this.walSync.syncNow();
