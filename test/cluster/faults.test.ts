@@ -16,9 +16,13 @@ import {
   encodeHeartbeat,
   encodeTx,
   RECORD_HEARTBEAT,
+  isDelta,
   RECORD_TX,
+  type PagePlan,
+  type TxInput,
   type TxRecord,
 } from '../../server/src/replication/record.js';
+import { PageImages } from '../../server/src/replication/page-delta.js';
 import { clusterDir, REPLICATION_SECRET, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
@@ -363,7 +367,7 @@ function applierFiles(rows: number): { dir: string; replicaFile: string; masterF
  * changed against `before` (page 1 last) and the record that ships them, with the checksum of
  * the whole file after it.
  */
-function masterTx(masterFile: string, before: Buffer[], txid: number, sql: string): { after: Buffer[]; changed: { pgno: number; data: Buffer }[]; record: Omit<TxRecord, 'type'> } {
+function masterTx(masterFile: string, before: Buffer[], txid: number, sql: string): { after: Buffer[]; changed: { pgno: number; data: Buffer }[]; record: TxInput; plan: PagePlan } {
   const m = openDatabase(masterFile);
   m.exec(sql);
   m.pragma('wal_checkpoint(TRUNCATE)');
@@ -374,7 +378,11 @@ function masterTx(masterFile: string, before: Buffer[], txid: number, sql: strin
     .filter((p) => !before[p.pgno - 1]?.equals(p.data))
     .sort((a, b) => (a.pgno === 1 ? 1 : b.pgno === 1 ? -1 : a.pgno - b.pgno));
   const checksum = checksumPages(4096, after.map((data, i) => ({ pgno: i + 1, data }))).value;
-  return { after, changed, record: { epoch: 1, txid, pageSize: 4096, dbSize: after.length, commitTimeMs: Date.now(), pages: changed, checksum } };
+  // The deltas the master would send, its images being the pages before.
+  const images = new PageImages(4096, 1024);
+  images.plan(before.map((data, i) => ({ pgno: i + 1, data })), before.length);
+  const plan = images.plan(changed, after.length);
+  return { after, changed, record: { epoch: 1, txid, pageSize: 4096, dbSize: after.length, commitTimeMs: Date.now(), pages: changed, checksum }, plan };
 }
 
 /** A replica copy of 50 rows opened at txid 10 (as from a snapshot), and the master's txid 11 running `sql`. */
@@ -427,6 +435,57 @@ describe('Applier (unit)', () => {
     }
   });
 
+  it('deltas are rebuilt on the copy’s own pages, byte for byte; on a base the master did not have, the copy is refused as diverged', () => {
+    const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(100);
+    try {
+      const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
+      const t11 = masterTx(masterFile, startPages, 11, "UPDATE t SET v = 'eleven' WHERE id = 3");
+      const t12 = masterTx(masterFile, t11.after, 12, "UPDATE t SET v = 'twelve' WHERE id IN (3, 90)");
+      const t13 = masterTx(masterFile, t12.after, 13, "INSERT INTO t (v) VALUES ('more'); DELETE FROM t WHERE id > 95");
+      const records = [t11, t12, t13].map((t) => decodeRecord(encodeTx(t.record, t.plan)) as TxRecord);
+      const whole = [t11, t12, t13].reduce((n, t) => n + encodeTx(t.record).length, 0);
+      const sent = [t11, t12, t13].reduce((n, t) => n + encodeTx(t.record, t.plan).length, 0);
+      assert.ok(sent * 4 < whole, `deltas: ${sent} bytes, whole pages: ${whole}`);
+      assert.ok(records.every((r) => r.pages.some(isDelta)));
+
+      let applier = Applier.fromSnapshot(replicaFile, stateFile, () => {}, start.clone(), { epoch: 1, txid: 10, checksum: start.value });
+      // 11 on the file's pages, 12 on what 11 wrote (the last group's images), 13 in a batch of its own.
+      assert.equal(applier.apply(records.slice(0, 2)).txid, 12);
+      assertSamePages(t12.after, pages(replicaFile), 'after 11 and 12');
+      assert.equal(applier.apply(records.slice(2)).txid, 13);
+      applier.close();
+      assertSamePages(pages(masterFile), pages(replicaFile), 'after 13');
+      assert.equal(integrity(replicaFile), 'ok');
+
+      // A master whose page differs from the copy's by one byte the transaction does not
+      // touch sends a delta that leaves the copy's byte in place: the rebuilt page is not the
+      // master's.
+      const t14 = masterTx(masterFile, t12.after, 14, "UPDATE t SET v = 'fourteen' WHERE id = 3");
+      const at = t14.changed.findIndex((p, i) => p.pgno !== 1 && t14.plan[i]);
+      const pgno = t14.changed[at]!.pgno;
+      const runs = t14.plan[at]!;
+      const untouched = [...Array(4096).keys()].find((b) => b >= 100 && !runs.some((_, i) => i % 2 === 0 && b >= runs[i]! - 8 && b < runs[i]! + runs[i + 1]! + 8))!;
+      const flipped = (data: Buffer): Buffer => {
+        const b = Buffer.from(data);
+        b[untouched]! ^= 0x01;
+        return b;
+      };
+      const images = new PageImages(4096, 1024);
+      images.plan(pages(replicaFile).map((data, i) => ({ pgno: i + 1, data: i + 1 === pgno ? flipped(data) : data })), t14.after.length);
+      const changed = t14.changed.map((p) => (p.pgno === pgno ? { pgno, data: flipped(p.data) } : p));
+      const diverged = decodeRecord(encodeTx({ ...t14.record, pages: changed }, images.plan(changed, t14.after.length))) as TxRecord;
+      const onFile = pages(replicaFile);
+      applier = Applier.open(replicaFile, stateFile, () => {})!;
+      assert.equal(applier.position.txid, 13);
+      assert.throws(() => applier.apply([diverged]), (e: Error) => e instanceof ApplyError && new RegExp(`page ${pgno} does not match`).test(e.message));
+      assert.equal(applier.isBroken, true);
+      applier.close();
+      assertSamePages(onFile, pages(replicaFile), 'nothing of the refused transaction was written');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a position file left behind the copy (a power loss) is replayed from until the checksums agree', () => {
     const { dir, replicaFile, masterFile, stateFile, startPages } = applierFiles(100);
     try {
@@ -434,10 +493,14 @@ describe('Applier (unit)', () => {
       // The applier takes `start` over and moves it along.
       const startValue = start.value;
       let prev = startPages;
+      // As the master sends them: pages it had before go as deltas, whose pages' hashes come
+      // along, so a replay moves the checksum without the base images.
       const tx = (txid: number, sql: string): TxRecord => {
         const t = masterTx(masterFile, prev, txid, sql);
         prev = t.after;
-        return decodeRecord(encodeTx(t.record)) as TxRecord;
+        const r = decodeRecord(encodeTx(t.record, t.plan)) as TxRecord;
+        assert.ok(r.pages.some(isDelta), `txid ${txid} has deltas`);
+        return r;
       };
       const tx11 = tx(11, "UPDATE t SET v = 'eleven' WHERE id = 3");
       // 12 rewrites a row 11 wrote too, so replaying 11 over the file would bring back an older image.

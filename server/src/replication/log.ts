@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Checksum } from './checksum.js';
 import { LogIndex } from './log-index.js';
 import { PacedSync } from './paced-sync.js';
-import { decodeRecord, RecordFramer, type Position } from './record.js';
+import { decodeRecord, RECORD_TX, RecordFramer, type Position } from './record.js';
 
 export interface LogLimits {
   /** Bytes of segment files kept on disk. */
@@ -298,7 +298,7 @@ export class ReplicationLog {
           break;
         }
         const last = this.index.last;
-        if (r.type !== 1 || (last !== undefined && r.txid !== last + 1)) break;
+        if (r.type !== RECORD_TX || (last !== undefined && r.txid !== last + 1)) break;
         this.cumulative += buf.length;
         this.index.push(r.txid, {
           epoch: r.epoch,
@@ -333,7 +333,7 @@ export function lastLoggedPosition(dir: string): Position | undefined {
     try {
       for (const buf of new RecordFramer(MAX_RECORD_BYTES).push(readFileSync(path.join(dir, name)))) {
         const r = decodeRecord(buf);
-        if (r.type === 1) last = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
+        if (r.type === RECORD_TX) last = { epoch: r.epoch, txid: r.txid, checksum: r.checksum };
       }
     } catch {
       // A torn tail: keep what decoded before it.

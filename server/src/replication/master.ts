@@ -6,7 +6,14 @@ import type { Logger } from '../log.js';
 import { BackgroundCheckpointer, FINAL_STEP_PAGES, MAX_BACKGROUND_PASSES } from './background-checkpointer.js';
 import { WalCapture, type CapturedTx } from './capture.js';
 import { ReplicationLog } from './log.js';
+import { PageImages } from './page-delta.js';
 import { encodeHeartbeat, encodeTxInto, txRecordBytes, type Position } from './record.js';
+
+/**
+ * Memory for the images pages are diffed against. A control plane's database is mostly a few
+ * hot pages (the nodes table, its indexes, page 1); a page not kept goes whole.
+ */
+const DELTA_IMAGES_BYTES = 16 * 1024 * 1024;
 
 export interface MasterOptions {
   dbPath: string;
@@ -68,6 +75,8 @@ export class ReplicationMaster {
   private captureDue = false;
   private checkpointDue = false;
   private readonly background: BackgroundCheckpointer | undefined;
+  /** The pages' images as of the last transaction logged, to send the next ones as deltas. */
+  private readonly images: PageImages;
   readonly events: MasterEvents = {};
 
   constructor(
@@ -84,6 +93,7 @@ export class ReplicationMaster {
     this.log = new ReplicationLog(path.join(opts.dir, 'log'), { ...opts.log, segmentBytes: 16 * 1024 * 1024 });
     this.pins = [openDatabase(opts.dbPath, { readonly: true }), openDatabase(opts.dbPath, { readonly: true })];
     this.capture = new WalCapture(writer.db, { dbPath: opts.dbPath, pins: this.pins, epoch, resumeFrom: this.log.last });
+    this.images = new PageImages(this.capture.pageSize, Math.max(64, Math.floor(DELTA_IMAGES_BYTES / this.capture.pageSize)));
     if (this.capture.recovery) {
       logger.warn(
         { log_txid: this.log.last?.txid, pages: this.capture.recovery.pages.length },
@@ -319,7 +329,8 @@ export class ReplicationMaster {
     let bytes = 0;
     for (const tx of txs) {
       if (tx.resync) this.logger.warn({ txid: tx.txid, pages: tx.pages.length }, 'WAL frames were checkpointed unseen; shipped the difference');
-      const buf = encodeTxInto(tx, this.log.reserve(txRecordBytes(tx.pageSize, tx.pages.length)));
+      const plan = this.images.plan(tx.pages, tx.dbSize);
+      const buf = encodeTxInto(tx, this.log.reserve(txRecordBytes(tx, plan)), plan);
       bytes += buf.length;
       this.log.append(tx, buf);
     }

@@ -1,23 +1,33 @@
 import { crc32 } from 'node:zlib';
 import { checksumHex, pageHash, type Checksum } from './checksum.js';
+import { deltaBytes, writeDelta } from './page-delta.js';
 
 /**
  * Wire and log format of the replication stream. Each record is
  *   u32 length of (type + body) | u8 type | body | u32 check
  * so a reader can frame records in a byte stream and refuse a damaged one.
  *
+ * A transaction's pages are each `u32 pgno | u32 n` followed by the whole page when n is 0,
+ * or else by its 64-bit page hash (two u32) and a delta of n bytes against the page as it was
+ * before the transaction (page-delta.ts): the receiver holds that image, as its copy is the
+ * database at the previous transaction.
+ *
  * The check of a heartbeat or snapshot header is crc32 of (type + body). A transaction's is
- * crc32 of its digest: type and fixed fields, then per page its number and its 64-bit page
- * hash, the one the database checksum uses. Both sides compute that hash anyway (the master
- * in the same pass as the WAL checksum, the replica to verify the transaction), so no page is
- * read a third time for a crc. Page 1's hash leaves out SQLite's commit stamps, so its digest
- * entry is crc32 of the whole page instead. A damaged page changes its 64-bit hash, hence the
- * digest, and the crc misses that with the same 2^-32 chance as a crc over the page; outside
- * recovery the replica's checksum verification (DESIGN §4) catches it as well.
+ * crc32 of its digest: type and fixed fields, then per page its number, its delta length, its
+ * 64-bit page hash (the one the database checksum uses) and the crc32 of its delta. Both
+ * sides compute a whole page's hash anyway (the master in the same pass as the WAL checksum,
+ * the replica to verify the transaction), so no whole page is read a third time for a crc.
+ * Page 1's hash leaves out SQLite's commit stamps, so a whole page 1's entry is crc32 of the
+ * whole page instead. A damaged page changes its 64-bit hash, hence the digest, and the crc
+ * misses that with the same 2^-32 chance as a crc over the page; outside recovery the
+ * replica's checksum verification (DESIGN §4) catches it as well. A delta's bytes are small,
+ * and their own crc means a damaged one is refused as damaged before anything is applied.
  */
-export const RECORD_TX = 1;
+/** Type 1 was the format before page deltas; both sides of a stream must run the same version. */
+const RECORD_TX_WHOLE_PAGES = 1;
 export const RECORD_HEARTBEAT = 2;
 export const RECORD_SNAPSHOT = 3;
+export const RECORD_TX = 4;
 const ENVELOPE = 4 + 4; // length prefix + trailing crc
 
 export interface Position {
@@ -34,6 +44,18 @@ export interface PageImage {
   hashB?: number;
 }
 
+/** A page as a delta against its image before the transaction, with the hash of the result. */
+export interface PageDelta {
+  pgno: number;
+  delta: Buffer;
+  hashA: number;
+  hashB: number;
+}
+
+export type PageEntry = PageImage | PageDelta;
+
+export const isDelta = (p: PageEntry): p is PageDelta => 'delta' in p;
+
 export interface TxRecord extends Position {
   type: typeof RECORD_TX;
   pageSize: number;
@@ -41,9 +63,14 @@ export interface TxRecord extends Position {
   dbSize: number;
   /** Master's clock when it committed, in ms since the epoch (with sub-ms precision). */
   commitTimeMs: number;
-  /** Page images, page 1 (if present) last. */
-  pages: PageImage[];
+  /** Page images or deltas, page 1 (if present) last. */
+  pages: PageEntry[];
 }
+
+/** What the encoder takes: whole page images, plus (optionally) each page's runs to send as a delta. */
+export type TxInput = Omit<TxRecord, 'type' | 'pages'> & { pages: PageImage[] };
+/** Per page, its runs (see diffPage) or undefined to send it whole. */
+export type PagePlan = (number[] | undefined)[];
 
 export interface HeartbeatRecord extends Position {
   type: typeof RECORD_HEARTBEAT;
@@ -75,16 +102,24 @@ function seal(buf: Buffer): Buffer {
   return buf;
 }
 
-/** Bytes of the sealed record of a transaction with `pages` pages. */
-export const txRecordBytes = (pageSize: number, pages: number): number => ENVELOPE + 1 + TX_FIXED + pages * (4 + pageSize);
+/** Bytes of the sealed record of a transaction, its pages whole or as `plan` says. */
+export function txRecordBytes(r: TxInput, plan?: PagePlan): number {
+  let n = ENVELOPE + 1 + TX_FIXED;
+  for (let i = 0; i < r.pages.length; i++) {
+    const runs = plan?.[i];
+    n += PAGE_HEADER + (runs ? 8 + deltaBytes(runs) : r.pageSize);
+  }
+  return n;
+}
 
-export function encodeTx(r: Omit<TxRecord, 'type'>): Buffer {
-  return encodeTxInto(r, Buffer.allocUnsafe(txRecordBytes(r.pageSize, r.pages.length)));
+export function encodeTx(r: TxInput, plan?: PagePlan): Buffer {
+  return encodeTxInto(r, Buffer.allocUnsafe(txRecordBytes(r, plan)), plan);
 }
 
 /** Seals the record into `buf`, which must be exactly txRecordBytes() long (a slice of a bigger buffer, say). */
-export function encodeTxInto(r: Omit<TxRecord, 'type'>, buf: Buffer): Buffer {
-  if (buf.length !== txRecordBytes(r.pageSize, r.pages.length)) throw new Error(`record buffer is ${buf.length} bytes, not ${txRecordBytes(r.pageSize, r.pages.length)}`);
+export function encodeTxInto(r: TxInput, buf: Buffer, plan?: PagePlan): Buffer {
+  const size = txRecordBytes(r, plan);
+  if (buf.length !== size) throw new Error(`record buffer is ${buf.length} bytes, not ${size}`);
   let at = 4;
   buf[at++] = RECORD_TX;
   buf.writeUInt32BE(r.epoch, at);
@@ -99,13 +134,24 @@ export function encodeTxInto(r: Omit<TxRecord, 'type'>, buf: Buffer): Buffer {
   for (let i = 0; i < r.pages.length; i++) {
     const p = r.pages[i]!;
     if (p.data.length !== r.pageSize) throw new Error(`page ${p.pgno} is ${p.data.length} bytes, not ${r.pageSize}`);
+    let a = p.hashA;
+    let b = p.hashB;
+    if (a === undefined || b === undefined) [a, b] = pageHash(p.pgno, p.data);
     buf.writeUInt32BE(p.pgno, at);
-    buf.set(p.data, at + 4);
-    at += 4 + r.pageSize;
-    if (p.hashA !== undefined && p.hashB !== undefined) setDigestEntry(digest, i, p.pgno, p.data, p.hashA, p.hashB);
-    else {
-      const [a, b] = pageHash(p.pgno, p.data);
-      setDigestEntry(digest, i, p.pgno, p.data, a, b);
+    const runs = plan?.[i];
+    if (runs) {
+      buf.writeUInt32BE(a, at + 8);
+      buf.writeUInt32BE(b, at + 12);
+      const end = writeDelta(p.data, runs, buf, at + 16);
+      const delta = buf.subarray(at + 16, end);
+      buf.writeUInt32BE(delta.length, at + 4);
+      setDigestEntry(digest, i, p.pgno, delta.length, a, b, crc32(delta));
+      at = end;
+    } else {
+      buf.writeUInt32BE(0, at + 4);
+      buf.set(p.data, at + PAGE_HEADER);
+      setWholePageEntry(digest, i, p.pgno, p.data, a, b);
+      at += PAGE_HEADER + r.pageSize;
     }
   }
   buf.writeUInt32BE(buf.length - ENVELOPE, 0);
@@ -113,7 +159,8 @@ export function encodeTxInto(r: Omit<TxRecord, 'type'>, buf: Buffer): Buffer {
   return buf;
 }
 
-const DIGEST_ENTRY = 12;
+const PAGE_HEADER = 8; // pgno, delta length
+const DIGEST_ENTRY = 20;
 let digestScratch = Buffer.allocUnsafeSlow(1 + TX_FIXED + 64 * DIGEST_ENTRY);
 
 /** A transaction's digest with its fixed part copied from the record; page entries follow. */
@@ -124,16 +171,18 @@ function txDigest(record: Buffer, pages: number): Buffer {
   return digestScratch.subarray(0, bytes);
 }
 
-function setDigestEntry(digest: Buffer, i: number, pgno: number, data: Buffer, hashA: number, hashB: number): void {
+function setDigestEntry(digest: Buffer, i: number, pgno: number, deltaLength: number, a: number, b: number, deltaCrc: number): void {
   const at = 1 + TX_FIXED + i * DIGEST_ENTRY;
   digest.writeUInt32BE(pgno, at);
-  if (pgno === 1) {
-    digest.writeUInt32BE(crc32(data), at + 4);
-    digest.writeUInt32BE(0, at + 8);
-  } else {
-    digest.writeUInt32BE(hashA, at + 4);
-    digest.writeUInt32BE(hashB, at + 8);
-  }
+  digest.writeUInt32BE(deltaLength, at + 4);
+  digest.writeUInt32BE(a, at + 8);
+  digest.writeUInt32BE(b, at + 12);
+  digest.writeUInt32BE(deltaCrc, at + 16);
+}
+
+function setWholePageEntry(digest: Buffer, i: number, pgno: number, data: Buffer, a: number, b: number): void {
+  if (pgno === 1) setDigestEntry(digest, i, pgno, 0, crc32(data), 0, 0);
+  else setDigestEntry(digest, i, pgno, 0, a, b, 0);
 }
 
 export function encodeHeartbeat(r: Omit<HeartbeatRecord, 'type'>): Buffer {
@@ -167,6 +216,7 @@ export function decodeRecord(buf: Buffer): ReplicationRecord {
   const body = buf.subarray(4, buf.length - 4);
   const type = body[0];
   if (type === RECORD_TX) return decodeTx(buf, body);
+  if (type === RECORD_TX_WHOLE_PAGES) throw new CorruptRecordError('transaction record of an older format: master and replicas must run the same version');
   if (crc32(body) !== buf.readUInt32BE(buf.length - 4)) throw new CorruptRecordError('record crc mismatch');
   if (type === RECORD_HEARTBEAT && body.length === 1 + HEARTBEAT_FIXED) {
     return {
@@ -190,21 +240,40 @@ export function decodeRecord(buf: Buffer): ReplicationRecord {
   throw new CorruptRecordError(`unknown record type ${type}`);
 }
 
-/** A transaction record: pages are views into `buf`, each with its page hash. */
+/** A transaction record: pages and deltas are views into `buf`, each with its page hash. */
 function decodeTx(buf: Buffer, body: Buffer): TxRecord {
   if (body.length < 1 + TX_FIXED) throw new CorruptRecordError('transaction record too short');
   const pageSize = body.readUInt32BE(13);
   const n = body.readUInt32BE(21);
-  if (body.length !== 1 + TX_FIXED + n * (4 + pageSize)) throw new CorruptRecordError('record size does not match its page count');
+  // Every page takes at least its header: a count the body cannot hold is damage, not a reason to allocate.
+  if (n > (body.length - 1 - TX_FIXED) / PAGE_HEADER) throw new CorruptRecordError('record size does not match its page count');
   const digest = txDigest(buf, n);
-  const pages: PageImage[] = [];
-  for (let i = 0, at = 1 + TX_FIXED; i < n; i++, at += 4 + pageSize) {
+  const pages: PageEntry[] = [];
+  let at = 1 + TX_FIXED;
+  for (let i = 0; i < n; i++) {
+    if (at + PAGE_HEADER > body.length) throw new CorruptRecordError('record size does not match its page count');
     const pgno = body.readUInt32BE(at);
-    const data = body.subarray(at + 4, at + 4 + pageSize);
-    const [hashA, hashB] = pageHash(pgno, data);
-    setDigestEntry(digest, i, pgno, data, hashA, hashB);
-    pages.push({ pgno, data, hashA, hashB });
+    const deltaLength = body.readUInt32BE(at + 4);
+    if (deltaLength === 0) {
+      const end = at + PAGE_HEADER + pageSize;
+      if (end > body.length) throw new CorruptRecordError('record size does not match its page count');
+      const data = body.subarray(at + PAGE_HEADER, end);
+      const [hashA, hashB] = pageHash(pgno, data);
+      setWholePageEntry(digest, i, pgno, data, hashA, hashB);
+      pages.push({ pgno, data, hashA, hashB });
+      at = end;
+    } else {
+      const end = at + PAGE_HEADER + 8 + deltaLength;
+      if (end > body.length) throw new CorruptRecordError('record size does not match its page count');
+      const hashA = body.readUInt32BE(at + 8);
+      const hashB = body.readUInt32BE(at + 12);
+      const delta = body.subarray(at + 16, end);
+      setDigestEntry(digest, i, pgno, deltaLength, hashA, hashB, crc32(delta));
+      pages.push({ pgno, delta, hashA, hashB });
+      at = end;
+    }
   }
+  if (at !== body.length) throw new CorruptRecordError('record size does not match its page count');
   if (crc32(digest) !== buf.readUInt32BE(buf.length - 4)) throw new CorruptRecordError('record crc mismatch');
   return {
     type: RECORD_TX,

@@ -6,7 +6,7 @@ import { openStore, type OpenedStore } from '../../../server/src/db/open-store.j
 import { createLogger } from '../../../server/src/log.js';
 import { checksumPages } from '../../../server/src/replication/checksum.js';
 import { ReplicationMaster } from '../../../server/src/replication/master.js';
-import { decodeRecord } from '../../../server/src/replication/record.js';
+import { decodeRecord, RECORD_TX } from '../../../server/src/replication/record.js';
 import { pagesOf, tempDir, type TempDir } from './fixtures.js';
 
 const SECRET = 'master-test-secret-0123456789abcdef0123';
@@ -50,8 +50,8 @@ describe('ReplicationMaster', () => {
     assert.equal(master!.log.durableTxid, before + 8, 'without a reader, the end of the turn captures them');
     const times = [...master!.log.recordsAfter(before)].map((b) => {
       const r = decodeRecord(b);
-      assert.equal(r.type, 1);
-      return r.type === 1 ? r.commitTimeMs : NaN;
+      assert.equal(r.type, RECORD_TX);
+      return r.type === RECORD_TX ? r.commitTimeMs : NaN;
     });
     assert.equal(times.length, 8);
     for (let i = 1; i < times.length; i++) assert.ok(times[i]! >= times[i - 1]!, 'each carries its own commit time, in order');

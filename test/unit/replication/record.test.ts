@@ -7,15 +7,17 @@ import {
   encodeTx,
   RECORD_HEARTBEAT,
   RECORD_TX,
+  isDelta,
   RecordFramer,
-  type TxRecord,
+  type TxInput,
 } from '../../../server/src/replication/record.js';
 import { pageHash } from '../../../server/src/replication/checksum.js';
+import { applyDelta, PageImages } from '../../../server/src/replication/page-delta.js';
 import { randomBytes, rng } from './fixtures.js';
 
 const next = rng(11);
 
-function tx(overrides: Partial<Omit<TxRecord, 'type'>> = {}): Omit<TxRecord, 'type'> {
+function tx(overrides: Partial<TxInput> = {}): TxInput {
   const pageSize = overrides.pageSize ?? 64;
   return {
     epoch: 3,
@@ -33,7 +35,7 @@ function tx(overrides: Partial<Omit<TxRecord, 'type'>> = {}): Omit<TxRecord, 'ty
   };
 }
 
-function assertTxEqual(decoded: ReturnType<typeof decodeRecord>, r: Omit<TxRecord, 'type'>): void {
+function assertTxEqual(decoded: ReturnType<typeof decodeRecord>, r: TxInput): void {
   assert.equal(decoded.type, RECORD_TX);
   if (decoded.type !== RECORD_TX) return;
   assert.equal(decoded.epoch, r.epoch);
@@ -46,7 +48,20 @@ function assertTxEqual(decoded: ReturnType<typeof decodeRecord>, r: Omit<TxRecor
     decoded.pages.map((p) => p.pgno),
     r.pages.map((p) => p.pgno),
   );
-  decoded.pages.forEach((p, i) => assert.ok(p.data.equals(r.pages[i]!.data), `page ${p.pgno}`));
+  decoded.pages.forEach((p, i) => assert.ok(!isDelta(p) && p.data.equals(r.pages[i]!.data), `page ${p.pgno}`));
+}
+
+/** A transaction of real-sized pages and the same pages after a few small edits, with the deltas a master would send. */
+function editedTx(): { before: TxInput; after: TxInput; plan: (number[] | undefined)[] } {
+  const before = tx({ pageSize: 4096, pages: [{ pgno: 7, data: randomBytes(4096, next) }, { pgno: 3, data: randomBytes(4096, next) }, { pgno: 1, data: randomBytes(4096, next) }] });
+  const pages = before.pages.map((p) => ({ pgno: p.pgno, data: Buffer.from(p.data) }));
+  pages[0]!.data.write('a new cell', 3000);
+  pages[0]!.data[0]! ^= 0xff;
+  pages[2]!.data[28]! ^= 0x01;
+  const after = { ...before, txid: before.txid + 1, pages };
+  const images = new PageImages(4096, 16);
+  images.plan(before.pages, before.dbSize);
+  return { before, after, plan: images.plan(after.pages, after.dbSize) };
 }
 
 describe('replication records', () => {
@@ -121,6 +136,45 @@ describe('replication records', () => {
     // A wrong hash handed to the encoder makes a record the decoder refuses.
     const wrong = { ...hashed, pages: hashed.pages.map((p, i) => (i === 0 ? { ...p, hashA: (p.hashA ^ 1) >>> 0 } : p)) };
     assert.throws(() => decodeRecord(encodeTx(wrong)), CorruptRecordError);
+  });
+
+  it('pages sent as deltas carry their page hash and rebuild the page on the previous image', () => {
+    const { before, after, plan } = editedTx();
+    assert.ok(plan[0] && plan[2], 'the edited pages go as deltas');
+    assert.equal(plan[1]!.length, 0, 'an unchanged page is a delta of no runs');
+    const buf = encodeTx(after, plan);
+    assert.ok(buf.length < 500, `${buf.length} bytes for three 4 KiB pages`);
+    const d = decodeRecord(buf);
+    assert.equal(d.type, RECORD_TX);
+    if (d.type !== RECORD_TX) return;
+    d.pages.forEach((p, i) => {
+      assert.ok(isDelta(p), `page ${p.pgno} is a delta`);
+      const rebuilt = applyDelta(before.pages[i]!.data, p.delta, Buffer.alloc(4096));
+      assert.ok(rebuilt.equals(after.pages[i]!.data), `page ${p.pgno} rebuilt`);
+      assert.deepEqual([p.hashA, p.hashB], pageHash(p.pgno, rebuilt));
+    });
+    // Whole pages and deltas mix in one record.
+    const mixed = decodeRecord(encodeTx(after, [undefined, plan[1], plan[2]]));
+    assert.ok(mixed.type === RECORD_TX && !isDelta(mixed.pages[0]!) && isDelta(mixed.pages[2]!));
+  });
+
+  it('detects any flipped bit in a record with deltas', () => {
+    const { after, plan } = editedTx();
+    const buf = encodeTx(after, plan);
+    assert.doesNotThrow(() => decodeRecord(buf));
+    for (let i = 0; i < buf.length; i++) {
+      for (const bit of [0x01, 0x80]) {
+        const bad = Buffer.from(buf);
+        bad[i]! ^= bit;
+        assert.throws(() => decodeRecord(bad), CorruptRecordError, `byte ${i} bit ${bit}`);
+      }
+    }
+  });
+
+  it('refuses a transaction record of the format before deltas, saying why', () => {
+    const buf = encodeTx(tx());
+    buf[4] = 1;
+    assert.throws(() => decodeRecord(buf), /older format: master and replicas must run the same version/);
   });
 
   it('refuses truncated and extended records', () => {
