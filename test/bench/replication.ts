@@ -392,6 +392,8 @@ class TxTimes {
   durable: Float64Array;
   /** 1 where a batch ended. */
   batchEnd: Uint8Array;
+  /** Where a batch ended, the bytes of its records (as received). */
+  batchBytes: Float64Array;
 
   /**
    * Sized for the run up front: growing mid-run allocated and copied tens of MB in the
@@ -406,9 +408,10 @@ class TxTimes {
     this.visible = new Float64Array(size);
     this.durable = new Float64Array(size);
     this.batchEnd = new Uint8Array(size);
+    this.batchBytes = new Float64Array(size);
   }
 
-  applied(lastTxid: number, commitTimesMs: number[], receivedAt: number, startedAt: number, at: number): void {
+  applied(lastTxid: number, commitTimesMs: number[], bytes: number, receivedAt: number, startedAt: number, at: number): void {
     const first = lastTxid - commitTimesMs.length + 1;
     this.reserve(lastTxid);
     for (let i = 0; i < commitTimesMs.length; i++) {
@@ -418,6 +421,7 @@ class TxTimes {
       this.visible[first + i] = at;
     }
     this.batchEnd[lastTxid] = 1;
+    this.batchBytes[lastTxid] = bytes;
   }
 
   madeDurable(lastTxid: number, count: number, at: number): void {
@@ -440,6 +444,7 @@ class TxTimes {
     this.visible = grow(this.visible, (n) => new Float64Array(n));
     this.durable = grow(this.durable, (n) => new Float64Array(n));
     this.batchEnd = grow(this.batchEnd, (n) => new Uint8Array(n));
+    this.batchBytes = grow(this.batchBytes, (n) => new Float64Array(n));
   }
 }
 
@@ -495,10 +500,10 @@ function follow(masterUrl: string, dir: string, expectedTxs = 0): Follower {
     { dbPath, dir: replicationDir(dbPath), replicaId: 'bench-replica', advertiseUrl: 'http://127.0.0.1:9' },
     {
       onCopyChanged: () => undefined,
-      onApplied: (pos, txCount, _bytes, commitTimesMs) => {
+      onApplied: (pos, txCount, bytes, commitTimesMs) => {
         const at = wallNow();
         if (txCount === 0) snapshotResolve(at);
-        else times.applied(pos.txid, commitTimesMs, batchReceivedAt, applyStartedAt, at);
+        else times.applied(pos.txid, commitTimesMs, bytes, batchReceivedAt, applyStartedAt, at);
       },
       onDurable: (pos, commitTimesMs) => {
         if (commitTimesMs.length > 0) times.madeDurable(pos.txid, commitTimesMs.length, wallNow());
@@ -555,6 +560,8 @@ interface LagResult {
   clock: { offsetMs: number; rttMs: number };
   txs: number;
   batches: number;
+  /** Stream bytes per transaction (records as the replica received them). */
+  recordBytesPerTx: number;
   /** Master commit to readers of the replica seeing the transaction. */
   lag: ReturnType<typeof summarize>;
   /** Master commit to the replica having it on disk (pages and position): what it acknowledges. */
@@ -617,6 +624,7 @@ async function lagRun(label: string, synchronous: Synchronous, rate: number, sec
     const applies: number[] = [];
     const byWindow = new Map<number, number[]>();
     let batches = 0;
+    let bytes = 0;
     let lastApply = 0;
     for (let txid = startTxid + 1; txid <= load.endTxid; txid++) {
       if (t.visible[txid] === 0) continue;
@@ -639,6 +647,7 @@ async function lagRun(label: string, synchronous: Synchronous, rate: number, sec
       if (!list) byWindow.set(w, (list = []));
       list.push(lag);
       batches += t.batchEnd[txid]!;
+      bytes += t.batchBytes[txid]!;
       lastApply = Math.max(lastApply, t.visible[txid]!);
     }
     const windows = [...byWindow.entries()]
@@ -656,6 +665,7 @@ async function lagRun(label: string, synchronous: Synchronous, rate: number, sec
       clock,
       txs: lags.length,
       batches,
+      recordBytesPerTx: bytes / Math.max(1, lags.length),
       lag: summarize(lags),
       durableLag: summarize(durableLags),
       waiting: waits.length === lags.length && waits.length > 0 ? summarize(waits) : undefined,
@@ -706,10 +716,11 @@ function printLag(title: string, results: LagResult[], withWindows: boolean): vo
   );
   console.log('\nCPU and event-loop stalls of each side during the run\n');
   printTable(
-    ['run', 'master sync', 'master CPU %', 'µs/tx', 'loop delay p99 ms', 'max ms', 'max write ms', 'replica CPU %', 'µs/tx', 'loop delay p99 ms', 'max ms'],
+    ['run', 'master sync', 'stream bytes/tx', 'master CPU %', 'µs/tx', 'loop delay p99 ms', 'max ms', 'max write ms', 'replica CPU %', 'µs/tx', 'loop delay p99 ms', 'max ms'],
     results.map((r) => [
       r.label,
       r.synchronous,
+      fmt(r.recordBytesPerTx),
       fmt(r.masterCpuPercent),
       fmt(r.masterCpuMicrosPerTx, 1),
       fmt(r.load.loopDelayP99Ms, 2),

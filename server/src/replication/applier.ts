@@ -230,8 +230,9 @@ export class Applier {
       shrinkTo = write && r.dbSize < this.checksum.pageCount ? r.dbSize : undefined;
       for (const p of r.pages) {
         if (write) latest.set(p.pgno, this.imageOf(p, r.pageSize, latest, arena));
-        if (p.hashA !== undefined && p.hashB !== undefined) this.checksum.setHash(p.pgno, p.hashA, p.hashB);
-        else this.checksum.setPage(p.pgno, (p as { data: Buffer }).data);
+        if (isDelta(p)) this.checksum.setHash(p.pgno, p.hashA, p.hashB);
+        else if (p.hashA !== undefined && p.hashB !== undefined) this.checksum.setHash(p.pgno, p.hashA, p.hashB);
+        else this.checksum.setPage(p.pgno, p.data);
       }
       this.checksum.resize(r.dbSize);
       if (this.checksum.value === r.checksum) recovering = 0;
