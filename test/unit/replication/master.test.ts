@@ -6,7 +6,7 @@ import { openStore, type OpenedStore } from '../../../server/src/db/open-store.j
 import { createLogger } from '../../../server/src/log.js';
 import { checksumPages } from '../../../server/src/replication/checksum.js';
 import { ReplicationMaster } from '../../../server/src/replication/master.js';
-import { decodeRecord, RECORD_TX } from '../../../server/src/replication/record.js';
+import { decodeRecord, isDelta, RECORD_TX } from '../../../server/src/replication/record.js';
 import { pagesOf, tempDir, type TempDir } from './fixtures.js';
 
 const SECRET = 'master-test-secret-0123456789abcdef0123';
@@ -55,6 +55,24 @@ describe('ReplicationMaster', () => {
     });
     assert.equal(times.length, 8);
     for (let i = 1; i < times.length; i++) assert.ok(times[i]! >= times[i - 1]!, 'each carries its own commit time, in order');
+  });
+
+  it('logs a page it has logged before as a delta: small writes make small records', async () => {
+    const { write } = start(0);
+    await turn();
+    const before = master!.position.txid;
+    for (let i = 0; i < 20; i++) write(`row ${i}`);
+    master!.captureNow();
+    const records = [...master!.log.recordsAfter(before)];
+    assert.equal(records.length, 20);
+    const pages = records.flatMap((b) => {
+      const r = decodeRecord(b);
+      return r.type === RECORD_TX ? r.pages : [];
+    });
+    const deltas = pages.filter(isDelta).length;
+    // The first write may bring a page the log has not seen; every later one rewrites the same leaf.
+    assert.ok(deltas >= pages.length - 2, `${deltas} of ${pages.length} pages as deltas`);
+    assert.ok(records.slice(1).every((b) => b.length < 1024), `record sizes ${records.map((b) => b.length).join(', ')}`);
   });
 
   it('checkpoints in steps reuse the WAL file, and the log keeps matching the database', async () => {
