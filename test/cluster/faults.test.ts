@@ -17,6 +17,7 @@ import {
   encodeTx,
   RECORD_HEARTBEAT,
   isDelta,
+  RECORD_FORMAT,
   RECORD_TX,
   type PagePlan,
   type TxInput,
@@ -993,7 +994,7 @@ describe('replication faults between real processes', { timeout: 110_000 }, () =
     it('the internal endpoints take only the replication secret', async () => {
       const pos = (await health(master.url)).position!;
       const q = (over: Record<string, string | number> = {}): string =>
-        new URLSearchParams({ from: String(pos.txid), epoch: String(pos.epoch), checksum: pos.checksum, replica_id: 'intruder', ...over } as Record<string, string>).toString();
+        new URLSearchParams({ from: String(pos.txid), epoch: String(pos.epoch), checksum: pos.checksum, replica_id: 'intruder', format: String(RECORD_FORMAT), ...over } as Record<string, string>).toString();
       const endpoints: { method: string; path: string; json?: unknown }[] = [
         { method: 'GET', path: `/internal/v1/replication/stream?${q()}` },
         { method: 'GET', path: '/internal/v1/replication/snapshot' },
@@ -1037,6 +1038,18 @@ describe('replication faults between real processes', { timeout: 110_000 }, () =
         const r = await probe(master.url, 'GET', `/internal/v1/replication/stream?${q(over)}`, secret);
         assert.equal(r.status, 409, `${what}: ${JSON.stringify(r.body)}`);
         assert.equal(r.body.code, 'SNAPSHOT_REQUIRED', what);
+      }
+      // A replica of another record format (an older NebulaGC sends none) is refused with the
+      // reason, and not with 409, which would send it to take a snapshot it could not use either.
+      for (const format of [undefined, RECORD_FORMAT - 1, RECORD_FORMAT + 1]) {
+        const params = new URLSearchParams(q({ replica_id: 'other-version' }));
+        if (format === undefined) params.delete('format');
+        else params.set('format', String(format));
+        const r = await probe(master.url, 'GET', `/internal/v1/replication/stream?${params}`, secret);
+        assert.equal(r.status, 400, `format ${format}: ${JSON.stringify(r.body)}`);
+        assert.equal(r.body.code, 'RECORD_FORMAT_MISMATCH');
+        assert.match(r.body.error, /run the same version on master and replicas/);
+        assert.equal(r.body.details.format, RECORD_FORMAT);
       }
       // ... and the right secret does open each endpoint (so the refusals above were about the credentials).
       const ok = await probe(master.url, 'GET', `/internal/v1/replication/stream?${q({ replica_id: 'probe' })}`, secret);

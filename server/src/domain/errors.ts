@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'NOT_READY'
   | 'STALE_REPLICA'
   | 'SNAPSHOT_REQUIRED'
+  | 'RECORD_FORMAT_MISMATCH'
   | 'PKI_UNAVAILABLE'
   | 'NOT_ENROLLED'
   | 'INTERNAL';

@@ -62,19 +62,29 @@ export class InternalClient {
 
   async json(method: string, path: string, body?: unknown, timeoutMs = 5000): Promise<JsonReply> {
     const res = await this.open(method, path, body, AbortSignal.timeout(timeoutMs));
-    const chunks: Buffer[] = [];
-    for await (const c of res) chunks.push(c as Buffer);
-    const text = Buffer.concat(chunks).toString('utf8');
-    let parsed: unknown = text;
-    try {
-      parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      // Not JSON: keep the text for the error message.
-    }
-    return { status: res.statusCode ?? 0, headers: res.headers, body: parsed };
+    return { status: res.statusCode ?? 0, headers: res.headers, body: await readBody(res) };
   }
 
   close(): void {
     this.agent.destroy();
   }
+}
+
+/** A response body parsed as JSON, or its text when it is not JSON (for error messages). */
+export async function readBody(res: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  const text = Buffer.concat(chunks).toString('utf8');
+  try {
+    return text ? JSON.parse(text) : undefined;
+  } catch {
+    return text;
+  }
+}
+
+/** What an error answer says, for a log line: `: CODE message`, or its text. */
+export async function errorOf(res: IncomingMessage): Promise<string> {
+  const body = await readBody(res);
+  if (body && typeof body === 'object' && 'error' in body) return `: ${String((body as { code?: unknown }).code)} ${String(body.error)}`;
+  return typeof body === 'string' && body ? `: ${body.slice(0, 200)}` : '';
 }

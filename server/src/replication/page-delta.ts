@@ -57,7 +57,7 @@ export function diffPage(prev: Buffer, next: Buffer, maxBytes: number): number[]
  * happened to leave them out would go unnoticed and leave the replica's own stamps in place.
  * Making them differ in the previous image (which the caller overwrites next) forces them in.
  */
-export function forcePageOneStamps(prev: Buffer, next: Buffer): void {
+function forcePageOneStamps(prev: Buffer, next: Buffer): void {
   for (const w of PAGE_ONE_STAMP_WORDS) {
     const at = w * 4;
     if (next.length >= at + 4) prev.writeInt32LE(~next.readInt32LE(at), at);

@@ -23,7 +23,14 @@ import { deltaBytes, writeDelta } from './page-delta.js';
  * replica's checksum verification (DESIGN §4) catches it as well. A delta's bytes are small,
  * and their own crc means a damaged one is refused as damaged before anything is applied.
  */
-/** Type 1 was the format before page deltas; both sides of a stream must run the same version. */
+/**
+ * The record format this build reads and writes. A replica names it when it opens a stream and
+ * a master of another format refuses it, so a mixed-version pair fails with a reason, not with
+ * records it cannot read: 1 checked transactions by a crc over their pages (before commit
+ * `788cd7e`), 2 by the page-hash digest, 3 sends pages as deltas.
+ */
+export const RECORD_FORMAT = 3;
+/** Format 2's transaction record type. */
 const RECORD_TX_WHOLE_PAGES = 1;
 export const RECORD_HEARTBEAT = 2;
 export const RECORD_SNAPSHOT = 3;

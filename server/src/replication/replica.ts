@@ -3,8 +3,8 @@ import { finished } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import { Applier, ApplyError } from './applier.js';
-import type { InternalClient } from './internal-client.js';
-import { CorruptRecordError, decodeRecord, RecordFramer, RECORD_HEARTBEAT, RECORD_TX, type Position, type TxRecord } from './record.js';
+import { errorOf, type InternalClient } from './internal-client.js';
+import { CorruptRecordError, decodeRecord, RecordFramer, RECORD_FORMAT, RECORD_HEARTBEAT, RECORD_TX, type Position, type TxRecord } from './record.js';
 import { downloadSnapshot, installSnapshot } from './snapshot-client.js';
 
 export interface ReplicaOptions {
@@ -186,6 +186,7 @@ export class ReplicationReplica {
       checksum: pos.checksum,
       replica_id: this.opts.replicaId,
       replica_url: this.opts.advertiseUrl,
+      format: String(RECORD_FORMAT),
     });
     this.abort = new AbortController();
     if (!this.running) this.abort.abort();
@@ -194,10 +195,7 @@ export class ReplicationReplica {
       res.resume();
       return 'snapshot';
     }
-    if (res.statusCode !== 200) {
-      res.resume();
-      throw new Error(`stream request answered ${res.statusCode}`);
-    }
+    if (res.statusCode !== 200) throw new Error(`stream request answered ${res.statusCode}${await errorOf(res)}`);
     const advertised = res.headers['x-nebulagc-advertise-url'];
     if (typeof advertised === 'string') this.hooks.onMasterAdvertised(advertised);
     this.connected = true;

@@ -2,7 +2,7 @@ import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'n
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import { DbChecksum } from './checksum.js';
-import type { InternalClient } from './internal-client.js';
+import { errorOf, type InternalClient } from './internal-client.js';
 import { decodeRecord, RECORD_SNAPSHOT, type Position } from './record.js';
 
 export interface DownloadedSnapshot {
@@ -23,10 +23,7 @@ export async function downloadSnapshot(client: InternalClient, dbPath: string, l
   const tmp = `${dbPath}.snapshot-tmp`;
   rmSync(tmp, { force: true });
   const res = await client.open('GET', '/internal/v1/replication/snapshot', undefined, signal);
-  if (res.statusCode !== 200) {
-    res.resume();
-    throw new Error(`snapshot request answered ${res.statusCode}`);
-  }
+  if (res.statusCode !== 200) throw new Error(`snapshot request answered ${res.statusCode}${await errorOf(res)}`);
   const total = Number(res.headers['content-length'] ?? NaN);
   const fd = openSync(tmp, 'w', 0o600);
   try {

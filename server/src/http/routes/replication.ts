@@ -2,6 +2,7 @@ import { z } from '@hono/zod-openapi';
 import { DomainError } from '../../domain/errors.js';
 import type { HaRole } from '../../ha/role.js';
 import type { ReplicationMaster } from '../../replication/master.js';
+import { RECORD_FORMAT } from '../../replication/record.js';
 import { replicationStream, snapshotStream } from '../../replication/stream-server.js';
 import { idSchema, portSchema, publicKeySchema } from '../../domain/validation.js';
 import { registerBuiltinLighthouse } from '../../domain/builtin-lighthouses.js';
@@ -16,6 +17,7 @@ const positionQuery = z.object({
   checksum: z.string().regex(/^[0-9a-f]{16}$/),
   replica_id: z.string().min(1).max(128),
   replica_url: z.url().optional(),
+  format: z.coerce.number().int().optional(),
 });
 
 const ackBody = z.object({
@@ -49,6 +51,13 @@ export function registerReplicationRoutes(app: App, deps: Deps, master: Replicat
 
   app.get('/internal/v1/replication/stream', (c) => {
     const q = parse(positionQuery, c.req.query());
+    if (q.format !== RECORD_FORMAT) {
+      // Not 409: a replica of any version takes that as "take a snapshot", which would not help.
+      deps.log.warn({ replica_id: q.replica_id, replica_format: q.format ?? null, format: RECORD_FORMAT }, 'refused a replica of another record format: run the same version on master and replicas');
+      return errorResponse(c, 'RECORD_FORMAT_MISMATCH', `this master sends record format ${RECORD_FORMAT}, the replica reads ${q.format ?? 'an older one'}: run the same version on master and replicas`, {
+        format: RECORD_FORMAT,
+      });
+    }
     if (master.validatePosition({ txid: q.from, epoch: q.epoch, checksum: q.checksum }) === 'snapshot') {
       return errorResponse(c, 'SNAPSHOT_REQUIRED', 'that position is not on this master’s history (or no longer in its log); take a snapshot', {
         master: master.position,
