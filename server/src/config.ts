@@ -37,6 +37,15 @@ const duration = (def: string) =>
     );
 
 /** Every setting, keyed by its env var. The README's configuration table mirrors this. */
+/**
+ * The master's checkpoint step by durability mode (measured, docs/BENCHMARKS.md round 6). At
+ * NORMAL each step's cost is mostly its fixed part (the last copy and two fsyncs on the event
+ * loop), and 16 MiB steps gave 0.85-0.95 of the writes without replication against 0.74-0.80
+ * with 4 MiB. At FULL every commit fsyncs the WAL, and a bigger WAL made that slower (0.69-0.78
+ * against 0.78-0.81).
+ */
+const defaultCheckpointBytes = (synchronous: 'FULL' | 'NORMAL'): number => (synchronous === 'NORMAL' ? 16 : 4) * 1024 * 1024;
+
 export const envSchema = z.object({
   NEBULAGC_LISTEN: z.string().default('0.0.0.0:8080').pipe(listen),
   NEBULAGC_DB_PATH: z.string().min(1).default('./data/nebulagc.db'),
@@ -57,7 +66,7 @@ export const envSchema = z.object({
   NEBULAGC_REPLICATION_LOG_BYTES: positiveInt(256 * 1024 * 1024),
   NEBULAGC_REPLICATION_LOG_MAX_AGE_S: positiveInt(24 * 3600),
   NEBULAGC_REPLICATION_MEMORY_BYTES: positiveInt(64 * 1024 * 1024),
-  NEBULAGC_WAL_CHECKPOINT_BYTES: nonNegative(4 * 1024 * 1024),
+  NEBULAGC_WAL_CHECKPOINT_BYTES: z.coerce.number().nonnegative().optional(),
   NEBULAGC_TLS_CERT: z.string().min(1).optional(),
   NEBULAGC_TLS_KEY: z.string().min(1).optional(),
   NEBULAGC_TLS_CA: z.string().min(1).optional(),
@@ -195,7 +204,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
         maxAgeMs: e.NEBULAGC_REPLICATION_LOG_MAX_AGE_S * 1000,
         memoryBytes: e.NEBULAGC_REPLICATION_MEMORY_BYTES,
       },
-      walCheckpointBytes: e.NEBULAGC_WAL_CHECKPOINT_BYTES,
+      walCheckpointBytes: e.NEBULAGC_WAL_CHECKPOINT_BYTES ?? defaultCheckpointBytes(e.NEBULAGC_DB_SYNCHRONOUS),
     },
     tls: e.NEBULAGC_TLS_CERT && e.NEBULAGC_TLS_KEY ? { cert: e.NEBULAGC_TLS_CERT, key: e.NEBULAGC_TLS_KEY, ca: e.NEBULAGC_TLS_CA } : undefined,
     synchronous: e.NEBULAGC_DB_SYNCHRONOUS,

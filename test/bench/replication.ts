@@ -122,9 +122,10 @@ const median = (xs: number[]): number => {
 };
 
 /** The replication log and checkpoint settings as loadConfig gives them: the server's defaults unless MASTER_TUNING sets them. */
-function masterDefaults(): { log: { maxBytes: number; maxAgeMs: number; memoryBytes: number }; walCheckpointBytes: number } {
+function masterDefaults(synchronous: Synchronous): { log: { maxBytes: number; maxAgeMs: number; memoryBytes: number }; walCheckpointBytes: number } {
   const c = loadConfig({
     NEBULAGC_HA_MODE: 'master',
+    NEBULAGC_DB_SYNCHRONOUS: synchronous,
     NEBULAGC_REPLICATION_SECRET: REPLICATION_SECRET,
     NEBULAGC_HMAC_SECRET: TEST_SECRET,
     ...masterTuning(),
@@ -155,7 +156,7 @@ async function captureRun(synchronous: Synchronous, replication: boolean, second
     opened = openStore({ dbPath, synchronous, secret: TEST_SECRET });
     if (replication) {
       // What server.ts does for NEBULAGC_HA_MODE=master: the constructor installs the commit hook.
-      master = new ReplicationMaster(opened.store.writer, { dbPath, dir: replicationDir(dbPath), ...masterDefaults() }, quietLog);
+      master = new ReplicationMaster(opened.store.writer, { dbPath, dir: replicationDir(dbPath), synchronous, ...masterDefaults(synchronous) }, quietLog);
       master.start();
     }
     const write = benchWriter(opened.store.writer);

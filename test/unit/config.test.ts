@@ -67,6 +67,13 @@ describe('loadConfig', () => {
     assert.equal(c.maxBundleBytes, 1234);
   });
 
+  it('takes the master’s checkpoint step from the durability mode unless it is set', () => {
+    assert.equal(loadConfig({}).replication.walCheckpointBytes, 4 * 1024 * 1024, 'FULL, the default');
+    assert.equal(loadConfig({ NEBULAGC_DB_SYNCHRONOUS: 'NORMAL' }).replication.walCheckpointBytes, 16 * 1024 * 1024);
+    assert.equal(loadConfig({ NEBULAGC_DB_SYNCHRONOUS: 'NORMAL', NEBULAGC_WAL_CHECKPOINT_BYTES: '0' }).replication.walCheckpointBytes, 0);
+    assert.equal(loadConfig({ NEBULAGC_WAL_CHECKPOINT_BYTES: '1048576' }).replication.walCheckpointBytes, 1048576);
+  });
+
   it('parses an IPv6 listen address', () => {
     assert.deepEqual(loadConfig({ NEBULAGC_LISTEN: '[::1]:8443' }).listen, { host: '::1', port: 8443 });
   });
