@@ -24,6 +24,10 @@ import {
   type TxRecord,
 } from '../../server/src/replication/record.js';
 import { PageImages } from '../../server/src/replication/page-delta.js';
+import { InternalClient } from '../../server/src/replication/internal-client.js';
+import { ReplicationReplica } from '../../server/src/replication/replica.js';
+import { createLogger } from '../../server/src/log.js';
+import { Writable } from 'node:stream';
 import { clusterDir, REPLICATION_SECRET, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
@@ -628,6 +632,61 @@ describe('Applier (unit)', () => {
 
 // ---------------------------------------------------------------------------------------------
 
+describe('a replica and a master of another record format', () => {
+  it('a master that names no format (an older release) is refused before any record: the copy keeps serving, no snapshot', async (t) => {
+    const { dir, replicaFile, stateFile, startPages } = applierFiles(20);
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const start = checksumPages(4096, startPages.map((data, i) => ({ pgno: i + 1, data })));
+    await Applier.fromSnapshot(replicaFile, stateFile, () => {}, start, { epoch: 1, txid: 10, checksum: start.value }).close();
+
+    // Answers the stream as a master before record format 3 did: 200, no format header.
+    const requests: string[] = [];
+    const older = http.createServer((req, res) => {
+      requests.push(req.url!.split('?')[0]!);
+      if (req.url!.startsWith('/internal/v1/replication/stream')) {
+        res.writeHead(200, { 'content-type': 'application/vnd.nebulagc.replication-stream' });
+        res.write(Buffer.alloc(8));
+        return;
+      }
+      res.writeHead(500).end();
+    });
+    await new Promise<void>((r) => older.listen(0, '127.0.0.1', r));
+    t.after(() => {
+      older.closeAllConnections();
+      older.close();
+    });
+    const lines: string[] = [];
+    const log = createLogger('warn', new Writable({ write: (chunk: Buffer, _e, cb) => void (lines.push(chunk.toString('utf8')), cb()) }));
+    const client = new InternalClient({ baseUrl: `http://127.0.0.1:${(older.address() as AddressInfo).port}`, secret: REPLICATION_SECRET });
+    let streamErrors = 0;
+    const replica = new ReplicationReplica(
+      client,
+      { dbPath: replicaFile, dir, replicaId: 'format-test', advertiseUrl: 'http://127.0.0.1:9' },
+      {
+        onCopyChanged: () => {},
+        onApplied: () => {},
+        onHeartbeat: () => {},
+        onStreamError: () => void streamErrors++,
+        onMasterAdvertised: () => {},
+      },
+      log,
+    );
+    replica.start();
+    try {
+      assert.ok(await waitUntil(() => requests.filter((p) => p.endsWith('/stream')).length >= 3, 10_000), `three stream attempts: ${requests.join(' ')}`);
+      assert.ok(streamErrors >= 2);
+      assert.equal(requests.filter((p) => p.endsWith('/snapshot')).length, 0, 'no snapshot was asked for');
+      assert.equal(replica.hasCopy, true, 'the copy is still served');
+      assert.equal(replica.position?.txid, 10);
+      assert.ok(lines.some((l) => /record format 2 or older.*run the same version on master and replicas/.test(l)), lines.join(''));
+    } finally {
+      await replica.stop();
+      client.close();
+    }
+    assertSamePages(startPages, pages(replicaFile), 'the copy is untouched');
+  });
+});
+
 describe('replication faults between real processes', { timeout: 110_000 }, () => {
   it('a snapshot interrupted mid-transfer leaves the old copy serving, then completes', { timeout: 60_000 }, async (t) => {
     const s = scope(t, 'fault-snap');
@@ -1055,6 +1114,7 @@ describe('replication faults between real processes', { timeout: 110_000 }, () =
       const ok = await probe(master.url, 'GET', `/internal/v1/replication/stream?${q({ replica_id: 'probe' })}`, secret);
       assert.equal(ok.status, 200);
       assert.equal(ok.headers.get('content-type'), 'application/vnd.nebulagc.replication-stream');
+      assert.equal(ok.headers.get('x-nebulagc-record-format'), String(RECORD_FORMAT));
       const snap = await probe(master.url, 'GET', '/internal/v1/replication/snapshot', secret);
       assert.equal(snap.status, 200);
       assert.ok(Number(snap.headers.get('content-length')) > SNAPSHOT_HEADER_BYTES);

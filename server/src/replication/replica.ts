@@ -196,6 +196,13 @@ export class ReplicationReplica {
       return 'snapshot';
     }
     if (res.statusCode !== 200) throw new Error(`stream request answered ${res.statusCode}${await errorOf(res)}`);
+    // A master of an older release names no format and ignores ours. Its records would read as
+    // damaged and cost the copy; this way the copy keeps serving until both sides match.
+    const format = res.headers['x-nebulagc-record-format'];
+    if (format !== String(RECORD_FORMAT)) {
+      res.destroy();
+      throw new Error(`the master sends record format ${format ?? '2 or older'}, this replica reads ${RECORD_FORMAT}: run the same version on master and replicas`);
+    }
     const advertised = res.headers['x-nebulagc-advertise-url'];
     if (typeof advertised === 'string') this.hooks.onMasterAdvertised(advertised);
     this.connected = true;

@@ -74,6 +74,7 @@ export function registerReplicationRoutes(app: App, deps: Deps, master: Replicat
         'x-accel-buffering': 'no',
         'x-nebulagc-advertise-url': role.selfUrl,
         'x-nebulagc-epoch': String(master.position.epoch),
+        'x-nebulagc-record-format': String(RECORD_FORMAT),
         'x-request-id': c.get('requestId'),
       },
     });
