@@ -36,7 +36,6 @@ const duration = (def: string) =>
         .refine((s) => s >= 60 && s <= 876_000 * 3600, 'must be between 1m and 876000h (100 years)'),
     );
 
-/** Every setting, keyed by its env var. The README's configuration table mirrors this. */
 /**
  * The master's checkpoint step by durability mode (measured, docs/BENCHMARKS.md round 6). At
  * NORMAL each step's cost is mostly its fixed part (the last copy and two fsyncs on the event
@@ -46,6 +45,7 @@ const duration = (def: string) =>
  */
 const defaultCheckpointBytes = (synchronous: 'FULL' | 'NORMAL'): number => (synchronous === 'NORMAL' ? 16 : 4) * 1024 * 1024;
 
+/** Every setting, keyed by its env var. The README's configuration table mirrors this. */
 export const envSchema = z.object({
   NEBULAGC_LISTEN: z.string().default('0.0.0.0:8080').pipe(listen),
   NEBULAGC_DB_PATH: z.string().min(1).default('./data/nebulagc.db'),

@@ -71,7 +71,7 @@ export class InternalClient {
 }
 
 /** A response body parsed as JSON, or its text when it is not JSON (for error messages). */
-export async function readBody(res: IncomingMessage): Promise<unknown> {
+async function readBody(res: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   for await (const c of res) chunks.push(c as Buffer);
   const text = Buffer.concat(chunks).toString('utf8');
