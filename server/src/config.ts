@@ -59,6 +59,9 @@ export const envSchema = z.object({
   NEBULAGC_MASTER_URL: z.url({ protocol: /^https?$/ }).optional(),
   NEBULAGC_ADVERTISE_URL: z.url({ protocol: /^https?$/ }).optional(),
   NEBULAGC_REPLICATION_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  NEBULAGC_CANDIDATE: bool.default(true),
+  NEBULAGC_MIN_REPLICAS: z.coerce.number().int().nonnegative().default(0),
+  NEBULAGC_SWITCHOVER_TIMEOUT_MS: positiveInt(5000),
   NEBULAGC_REPLICA_WRITES: z.enum(['redirect', 'proxy', 'reject']).default('redirect'),
   NEBULAGC_MAX_REPLICA_LAG_MS: positiveInt(5000),
   NEBULAGC_MIN_TXID_WAIT_MS: nonNegative(2000),
@@ -111,6 +114,7 @@ export interface Config {
   logLevel: Env['NEBULAGC_LOG_LEVEL'];
   haMode: Env['NEBULAGC_HA_MODE'];
   replication: ReplicationConfig;
+  ha: HaConfig;
   tls: { cert: string; key: string; ca: string | undefined } | undefined;
   synchronous: Env['NEBULAGC_DB_SYNCHRONOUS'];
   maxBodyBytes: number;
@@ -132,6 +136,16 @@ export interface LighthouseConfig {
   listenHost: string;
   /** Per-cluster keys, certificates and nebula configs. */
   dir: string;
+}
+
+/** Runtime roles: who may be promoted, and the bounds of the operations. */
+export interface HaConfig {
+  /** Whether this node may become master (a switchover picks only candidates). */
+  candidate: boolean;
+  /** Forgetting a replica is refused when it would leave fewer connected replicas than this. */
+  minReplicas: number;
+  /** How long a switchover waits for its target to hold everything. */
+  switchoverTimeoutMs: number;
 }
 
 export interface ReplicationConfig {
@@ -206,6 +220,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
       },
       walCheckpointBytes: e.NEBULAGC_WAL_CHECKPOINT_BYTES ?? defaultCheckpointBytes(e.NEBULAGC_DB_SYNCHRONOUS),
     },
+    ha: { candidate: e.NEBULAGC_CANDIDATE, minReplicas: e.NEBULAGC_MIN_REPLICAS, switchoverTimeoutMs: e.NEBULAGC_SWITCHOVER_TIMEOUT_MS },
     tls: e.NEBULAGC_TLS_CERT && e.NEBULAGC_TLS_KEY ? { cert: e.NEBULAGC_TLS_CERT, key: e.NEBULAGC_TLS_KEY, ca: e.NEBULAGC_TLS_CA } : undefined,
     synchronous: e.NEBULAGC_DB_SYNCHRONOUS,
     maxBodyBytes: e.NEBULAGC_MAX_BODY_BYTES,

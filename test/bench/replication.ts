@@ -14,6 +14,7 @@ import { ReplicationMaster } from '../../server/src/replication/master.js';
 import type { Position } from '../../server/src/replication/record.js';
 import { ReplicationReplica } from '../../server/src/replication/replica.js';
 import { replicationDir } from '../../server/src/server.js';
+import { quietReplicaHooks, replicaIdentity } from '../helpers/replica.js';
 import { TEST_ADMIN_TOKEN, TEST_SECRET } from '../helpers/server.js';
 import { isEntryPoint } from './entry.js';
 import { cpuTime, fmt, killOnExit, printTable, tempDir } from './harness.js';
@@ -156,7 +157,7 @@ async function captureRun(synchronous: Synchronous, replication: boolean, second
     opened = openStore({ dbPath, synchronous, secret: TEST_SECRET });
     if (replication) {
       // What server.ts does for NEBULAGC_HA_MODE=master: the constructor installs the commit hook.
-      master = new ReplicationMaster(opened.store.writer, { dbPath, dir: replicationDir(dbPath), synchronous, ...masterDefaults(synchronous) }, quietLog);
+      master = new ReplicationMaster(opened.store.writer, { dbPath, dir: replicationDir(dbPath), synchronous, ...masterDefaults(synchronous), epoch: 1, history: () => [] }, quietLog);
       master.start();
     }
     const write = benchWriter(opened.store.writer);
@@ -498,7 +499,7 @@ function follow(masterUrl: string, dir: string, expectedTxs = 0): Follower {
   const dbPath = path.join(dir, 'replica.db');
   f.replica = new ReplicationReplica(
     client,
-    { dbPath, dir: replicationDir(dbPath), replicaId: 'bench-replica', advertiseUrl: 'http://127.0.0.1:9' },
+    { dbPath, dir: replicationDir(dbPath), replicaId: 'bench-replica', advertiseUrl: 'http://127.0.0.1:9', ...replicaIdentity(replicationDir(dbPath)) },
     {
       onCopyChanged: () => undefined,
       onApplied: (pos, txCount, bytes, commitTimesMs) => {
@@ -513,7 +514,7 @@ function follow(masterUrl: string, dir: string, expectedTxs = 0): Follower {
       onStreamError: () => {
         f.streamErrors++;
       },
-      onMasterAdvertised: () => undefined,
+      ...quietReplicaHooks,
     },
     log,
   );

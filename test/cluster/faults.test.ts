@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import { openDatabase } from '../../server/src/db/connection.js';
 import { Applier, ApplyError } from '../../server/src/replication/applier.js';
 import { checksumPages } from '../../server/src/replication/checksum.js';
-import { PositionFile } from '../../server/src/replication/state-file.js';
+import { PositionFile } from '../../server/src/replication/position-file.js';
 import {
   CorruptRecordError,
   decodeRecord,
@@ -30,6 +30,7 @@ import { createLogger } from '../../server/src/log.js';
 import { Writable } from 'node:stream';
 import { clusterDir, REPLICATION_SECRET, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
+import { quietReplicaHooks, replicaIdentity } from '../helpers/replica.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
 
 /**
@@ -661,13 +662,13 @@ describe('a replica and a master of another record format', () => {
     let streamErrors = 0;
     const replica = new ReplicationReplica(
       client,
-      { dbPath: replicaFile, dir, replicaId: 'format-test', advertiseUrl: 'http://127.0.0.1:9' },
+      { dbPath: replicaFile, dir, replicaId: 'format-test', advertiseUrl: 'http://127.0.0.1:9', ...replicaIdentity(dir) },
       {
         onCopyChanged: () => {},
         onApplied: () => {},
         onHeartbeat: () => {},
         onStreamError: () => void streamErrors++,
-        onMasterAdvertised: () => {},
+        ...quietReplicaHooks,
       },
       log,
     );

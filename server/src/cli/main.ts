@@ -1,7 +1,9 @@
 #!/usr/bin/env -S node --min-semi-space-size=16
 import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
+import { haCommands } from './ha.js';
 import { maintenanceCommands } from './maintenance.js';
+import { quarantineCommands } from './quarantine.js';
 import { replicationCommands } from './replication.js';
 import { resourceCommands } from './resources.js';
 import { serveCommand } from './serve.js';
@@ -13,7 +15,7 @@ const program = new Command('nebulagc-server')
   .exitOverride();
 
 program.addCommand(serveCommand());
-for (const cmd of [...resourceCommands(), ...maintenanceCommands(), ...replicationCommands()]) program.addCommand(cmd);
+for (const cmd of [...resourceCommands(), ...maintenanceCommands(), ...replicationCommands(), ...haCommands(), ...quarantineCommands()]) program.addCommand(cmd);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,34 +1,22 @@
 import { Command } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig } from '../config.js';
 import { openDatabase } from '../db/connection.js';
 import { readAllPages } from '../replication/capture.js';
 import { checksumPages } from '../replication/checksum.js';
 import { lastLoggedPosition } from '../replication/log.js';
-import { PositionFile } from '../replication/state-file.js';
+import { PositionFile } from '../replication/position-file.js';
 import { replicationDir } from '../server.js';
 import { printJson } from './common.js';
+import { callServer, serverOptions, type ServerFlags } from './server-api.js';
 
 /** `replication status` asks a running server; `db checksum` reads a database file directly. */
 export function replicationCommands(): Command[] {
   const replication = new Command('replication').description('HA replication');
-  replication
-    .command('status')
-    .description('show a running server’s role, position, lag and replicas (GET /cluster/status)')
-    .option('--url <url>', 'the server’s API URL (default: from NEBULAGC_LISTEN)')
-    .option('--token-file <file>', 'file holding the operator token (default: env NEBULAGC_OPERATOR_TOKEN)')
-    .action(async (f: { url?: string; tokenFile?: string }) => {
-      const config = loadConfig(process.env);
-      const token = f.tokenFile ? readFileSync(f.tokenFile, 'utf8').trim() : config.operatorToken;
-      if (!token) throw new Error('an operator token is needed: set NEBULAGC_OPERATOR_TOKEN or pass --token-file');
-      const host = ['0.0.0.0', '::'].includes(config.listen.host) ? '127.0.0.1' : config.listen.host;
-      const url = (f.url ?? `${config.tls ? 'https' : 'http'}://${host}:${config.listen.port}`).replace(/\/+$/, '');
-      const res = await fetch(`${url}/cluster/status`, { headers: { authorization: `Bearer ${token}` } });
-      const body = (await res.json()) as unknown;
-      if (!res.ok) throw new Error(`${url}/cluster/status answered ${res.status}: ${JSON.stringify(body)}`);
-      printJson(body);
-    });
+  const status = replication.command('status').description('show a running server’s role, position, lag and replicas (GET /cluster/status)');
+  for (const o of serverOptions()) status.addOption(o);
+  status.action(async (f: ServerFlags) => printJson(await callServer(f, 'GET', '/cluster/status')));
 
   return [replication];
 }

@@ -27,9 +27,11 @@ export function serveCommand(): Command {
             `Try: curl -H "Authorization: Bearer <token>" ${server.url}/api/v1/tenants\n\n`,
         );
       }
+      // SIGTERM is the planned stop (systemd, an operator): a master hands over to a caught-up
+      // replica first. SIGINT stops at once.
       const stop = (signal: string): void => {
         log.info({ signal }, 'shutting down');
-        server.close().then(
+        (signal === 'SIGTERM' ? server.shutdown() : server.close()).then(
           () => process.exit(0),
           (err: unknown) => {
             log.error({ err }, 'shutdown failed');

@@ -12,70 +12,66 @@ export interface OpenedStore {
 
 /** Opens the writer, migrates, then opens the read connection: the order the read-only open needs. */
 export function openStore(opts: { dbPath: string; synchronous: Synchronous; secret: string }): OpenedStore {
-  const writeDb = openDatabase(opts.dbPath, { synchronous: opts.synchronous });
-  let migration: MigrationResult;
-  try {
-    migration = migrate(writeDb);
-  } catch (err) {
-    writeDb.close();
-    throw err;
-  }
-  const reader = openDatabase(opts.dbPath, { readonly: true });
-  const writer = new Writer(writeDb);
-  const store: Store = {
-    reader,
-    writer,
-    secret: opts.secret,
-    now: () => new Date().toISOString(),
-    changes: new ChangeTracker(() => store.reader),
-  };
-  writer.onCommit(() => store.changes.bump());
-  return {
-    store,
-    migration,
-    close() {
-      reader.close();
-      writer.close();
-    },
-  };
-}
-
-export interface ReplicaStore {
-  store: Store;
-  /** Points reads at the replica's copy (after a snapshot or at start), or away from it. */
-  useCopy(available: boolean): void;
-  close(): void;
+  const node = new NodeStore(opts.secret);
+  const migration = node.openForWrites(opts.dbPath, opts.synchronous);
+  return { store: node.store, migration, close: () => node.close() };
 }
 
 /**
- * A replica's store: reads come from the copy the applier maintains, once there is one; the
- * writer refuses everything (writes go to the master). Nothing here migrates: the schema is
- * whatever the master's pages say.
+ * The one Store a server hands its routes, whose connections follow the node's role: a master
+ * reads and writes its own file; a replica reads the copy the applier maintains (once it has
+ * one) and refuses writes. The object stays the same across promotions and demotions, so routes,
+ * caches and commit hooks never hold a connection that was closed under them.
  */
-export function openReplicaStore(opts: { dbPath: string; secret: string }): ReplicaStore {
-  const placeholder = openDatabase(':memory:');
-  const writer = new Writer(openDatabase(':memory:'));
-  writer.refuse('this node is a replica; writes go to the master');
-  const store: Store = {
-    reader: placeholder,
-    writer,
-    secret: opts.secret,
-    now: () => new Date().toISOString(),
-    changes: new ChangeTracker(() => store.reader),
-  };
-  let copy: Db | undefined;
-  return {
-    store,
-    useCopy(available) {
-      if (copy) copy.close();
-      copy = available ? openDatabase(opts.dbPath, { readonly: true }) : undefined;
-      store.reader = copy ?? placeholder;
-      store.changes.bump();
-    },
-    close() {
-      copy?.close();
-      placeholder.close();
-      writer.close();
-    },
-  };
+export class NodeStore {
+  readonly store: Store;
+  private readonly placeholder: Db = openDatabase(':memory:');
+  private reader: Db | undefined;
+
+  constructor(secret: string) {
+    const writer = new Writer();
+    const store: Store = {
+      reader: this.placeholder,
+      writer,
+      secret,
+      now: () => new Date().toISOString(),
+      changes: new ChangeTracker(() => store.reader),
+    };
+    writer.onCommit(() => store.changes.bump());
+    this.store = store;
+  }
+
+  /** Opens the write connection (migrating the schema), then reads from the same file. */
+  openForWrites(dbPath: string, synchronous: Synchronous): MigrationResult {
+    const writeDb = openDatabase(dbPath, { synchronous });
+    let migration: MigrationResult;
+    try {
+      migration = migrate(writeDb);
+    } catch (err) {
+      writeDb.close();
+      throw err;
+    }
+    this.store.writer.attach(writeDb);
+    this.readFrom(dbPath);
+    return migration;
+  }
+
+  /** Closes the write connection; writes are refused with `reason` from now on. */
+  closeForWrites(reason: string): void {
+    this.store.writer.detach(reason)?.close();
+  }
+
+  /** Points reads at `dbPath` (a replica's copy, after a snapshot or at start), or away from any file. */
+  readFrom(dbPath: string | undefined): void {
+    this.reader?.close();
+    this.reader = dbPath === undefined ? undefined : openDatabase(dbPath, { readonly: true });
+    this.store.reader = this.reader ?? this.placeholder;
+    this.store.changes.bump();
+  }
+
+  close(): void {
+    this.closeForWrites('the server is shutting down');
+    this.readFrom(undefined);
+    this.placeholder.close();
+  }
 }

@@ -28,31 +28,59 @@ export class WritesRefusedError extends Error {
 }
 
 /**
- * The only path by which anything changes the database. One connection, short IMMEDIATE
- * transactions, and hooks that run after each commit: replication captures WAL frames there,
- * and HA refuses writes through `refuse()`. Route handlers and domain code never open a write
- * connection of their own.
+ * The only path by which anything changes the database, and the write gate HA closes. One
+ * connection, short IMMEDIATE transactions, and hooks that run after each commit: replication
+ * captures WAL frames there. Route handlers and domain code never open a write connection of
+ * their own.
+ *
+ * The object outlives its connection: a node that turns master attaches one, a node that turns
+ * replica detaches it, and the commit hooks (caches, blocking polls) stay registered across.
  */
 export class Writer {
   private seq = 0;
   private readonly hooks: CommitHook[] = [];
   private refusal: string | undefined;
   private lockWait: LockWait | undefined;
+  private conn: Db | undefined;
 
   /**
    * One transaction function for every write: better-sqlite3 builds a wrapper (with its
    * deferred/immediate/exclusive variants) per db.transaction() call, which was 15 % of the
    * CPU of a burst of small writes.
    */
-  private readonly tx: { immediate(fn: (db: Db) => unknown): unknown };
+  private tx: { immediate(fn: (db: Db) => unknown): unknown } | undefined;
 
-  constructor(readonly db: Db) {
+  constructor(db?: Db) {
+    if (db) this.attach(db);
+    else this.refusal = 'no database is open for writing';
+  }
+
+  get db(): Db {
+    if (!this.conn) throw new WritesRefusedError(this.refusal ?? 'no database is open for writing');
+    return this.conn;
+  }
+
+  /** Takes `db` as the write connection and opens the gate. */
+  attach(db: Db): void {
+    this.conn = db;
     this.tx = db.transaction((fn: (db: Db) => unknown) => fn(db));
+    this.lockWait = undefined;
+    this.refusal = undefined;
+  }
+
+  /** Closes the gate with `reason` and hands back the connection, for the caller to close. */
+  detach(reason: string): Db | undefined {
+    const db = this.conn;
+    this.refusal = reason;
+    this.conn = undefined;
+    this.tx = undefined;
+    this.lockWait = undefined;
+    return db;
   }
 
   /** Runs `fn` in one IMMEDIATE transaction; rolls back if it throws. */
   write<T>(label: string, fn: (db: Db) => T): T {
-    if (this.refusal !== undefined) throw new WritesRefusedError(this.refusal);
+    if (this.refusal !== undefined || !this.tx) throw new WritesRefusedError(this.refusal ?? 'no database is open for writing');
     const started = performance.now();
     let result: T;
     try {
@@ -70,7 +98,7 @@ export class Writer {
    * Replication pins the WAL with a read transaction. Another process's checkpoint may hold the
    * write lock while it waits for that reader, so the writer first tries with a short busy
    * timeout; on SQLITE_BUSY it lets the hook release what it holds, then waits for real
-   * (DESIGN §3, the litestream stall trap).
+   * (docs/HA.md, the Litestream stall trap).
    */
   setLockWait(wait: LockWait): void {
     this.lockWait = wait;
@@ -81,7 +109,7 @@ export class Writer {
     wait.beforeWait();
     this.db.pragma(`busy_timeout = ${wait.patienceMs}`);
     try {
-      return this.tx.immediate((db) => {
+      return this.tx!.immediate((db) => {
         wait.afterAcquire();
         return fn(db);
       }) as T;
@@ -115,6 +143,6 @@ export class Writer {
   }
 
   close(): void {
-    this.db.close();
+    this.detach('the server is shutting down')?.close();
   }
 }

@@ -1,8 +1,10 @@
 import type { ReplicationMaster } from '../replication/master.js';
 import type { Position } from '../replication/record.js';
 import type { ReplicationReplica } from '../replication/replica.js';
+import type { HaMode, HaState, HaStateMachine } from './states.js';
+import type { Timeline } from './timeline.js';
 
-export type HaMode = 'standalone' | 'master' | 'replica';
+export type { HaMode } from './states.js';
 
 export interface Lag {
   transactions: number;
@@ -13,47 +15,67 @@ export interface ReplicaStatus {
   id: string;
   url: string | null;
   connected: boolean;
+  candidate: boolean;
   position: { txid: number; checksum: string | null };
   lag: Lag & { bytes: number };
   last_ack_at: string | null;
 }
 
 /**
- * What this node is in the HA picture, and the figures health checks, metrics and the cluster
- * endpoints report. Holds no policy beyond reading the replication objects.
+ * What this node is in the HA picture right now, and the figures health checks, metrics and the
+ * cluster endpoints report. The state machine says which role; HaNode swaps the replication
+ * parts in and out as the role changes, and this reads whichever are there.
  */
 export class HaRole {
-  /** The master's API URL as it advertises it (learnt from its stream), for redirects. */
-  private advertisedMaster: string | undefined;
-
-  private replicaValue: ReplicationReplica | undefined;
+  master: ReplicationMaster | undefined;
+  replica: ReplicationReplica | undefined;
+  /** The master's API URL and node id as this node last learnt them (its stream, a switchover). */
+  knownMaster: { url: string; nodeId: string | undefined } | undefined;
+  /** Transactions kept in quarantine on this node since it started. */
+  quarantinedTransactions = 0;
 
   constructor(
-    readonly mode: HaMode,
+    readonly machine: HaStateMachine,
+    readonly timeline: Timeline,
+    readonly nodeId: string,
     /** This node's API URL as clients should use it (NEBULAGC_ADVERTISE_URL). */
     public selfUrl: string,
-    private readonly configuredMasterUrl: string | undefined,
-    readonly master: ReplicationMaster | undefined,
   ) {}
 
-  attachReplica(replica: ReplicationReplica): void {
-    this.replicaValue = replica;
+  get state(): HaState {
+    return this.machine.state;
   }
 
-  get replica(): ReplicationReplica | undefined {
-    return this.replicaValue;
+  get mode(): HaMode {
+    return this.machine.mode;
   }
 
-  setAdvertisedMaster(url: string): void {
-    this.advertisedMaster = url.replace(/\/+$/, '');
+  /** May take writes now: a standalone node, or a master that is not fenced. */
+  get takesWrites(): boolean {
+    return this.machine.is('standalone', 'master.serving');
   }
 
-  /** Where writes go: this node on a master, the master's advertised URL on a replica. */
+  get epoch(): number {
+    return this.timeline.highestSeen;
+  }
+
+  setKnownMaster(url: string, nodeId: string | undefined): void {
+    this.knownMaster = { url: url.replace(/\/+$/, ''), nodeId };
+  }
+
+  /** Where writes go: this node while it is master, else the master it knows of. */
   get masterUrl(): string | undefined {
-    if (this.mode === 'replica') return this.advertisedMaster ?? this.configuredMasterUrl;
-    return this.mode === 'master' ? this.selfUrl : undefined;
+    if (this.machine.is('master.serving', 'master.fenced')) return this.selfUrl;
+    if (this.mode === 'standalone') return undefined;
+    return this.knownMaster?.url;
   }
 
+  get masterNodeId(): string | undefined {
+    if (this.machine.is('master.serving', 'master.fenced')) return this.nodeId;
+    return this.knownMaster?.nodeId;
+  }
+
+  /** The newest position captured (master) or visible to readers (replica). */
   get position(): Position | undefined {
     return this.master?.position ?? this.replica?.position;
   }
@@ -85,6 +107,7 @@ export class HaRole {
         id: v.id,
         url: v.url ?? null,
         connected: v.connected,
+        candidate: v.candidate,
         position: { txid: v.ackedTxid, checksum: v.ackedChecksum ?? null },
         lag: {
           transactions: behind,

@@ -11,8 +11,9 @@ import { observe } from './middleware/observe.js';
 import { ipRateLimit, RateLimiter } from './middleware/rate-limit.js';
 import { requestId } from './middleware/request-id.js';
 import { requireReplicationSecret } from './middleware/internal-auth.js';
-import { masterTxid, replicaGate } from './middleware/replica.js';
-import { registerClusterStatusRoutes } from './routes/cluster.js';
+import { masterTxid, roleGate } from './middleware/role-gate.js';
+import { registerClusterOperationRoutes } from './routes/ha-operations.js';
+import { registerClusterStatusRoutes } from './routes/ha-status.js';
 import { registerReplicationRoutes } from './routes/replication.js';
 import { registerClusterRoutes } from './routes/clusters.js';
 import { registerConfigRoutes } from './routes/config.js';
@@ -49,8 +50,8 @@ export function createApp(deps: Deps): App {
   app.use('*', requestId());
   app.use('*', observe(metrics, log));
   app.use('*', ipRateLimit(limiters.ip, config.trustProxy, metrics));
-  if (role.replica) app.use('*', replicaGate(role, config.replication));
-  if (role.master) app.use('/api/*', masterTxid(role));
+  app.use('*', roleGate(role, config.replication));
+  app.use('/api/*', masterTxid(role));
   app.use('/internal/*', requireReplicationSecret(config.replication.secret, config.tls?.ca !== undefined));
   // The bundle upload streams under its own, larger limit (NEBULAGC_MAX_BUNDLE_BYTES). GETs
   // skip the limiter: touching the body makes the node adapter build a full Request per poll.
@@ -73,7 +74,8 @@ export function createApp(deps: Deps): App {
   registerOperatorRoutes(app, deps);
   registerPkiRoutes(app, deps);
   registerClusterStatusRoutes(app, deps);
-  if (role.master) registerReplicationRoutes(app, deps, role.master, role);
+  registerClusterOperationRoutes(app, deps);
+  registerReplicationRoutes(app, deps);
 
   app.get('/metrics', async (c) => {
     c.header('Content-Type', metrics.registry.contentType);

@@ -1,6 +1,7 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { Config } from '../config.js';
+import type { HaNode } from '../ha/node.js';
 import type { HaRole } from '../ha/role.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { Principal } from '../domain/auth.js';
@@ -14,8 +15,6 @@ export interface AppEnv {
   Variables: {
     requestId: string;
     principal: Principal;
-    /** The lowest X-RateLimit-Remaining set so far on this request. */
-    rateLimitRemaining: number | undefined;
   };
 }
 
@@ -30,6 +29,7 @@ export interface Deps {
   metrics: Metrics;
   log: Logger;
   role: HaRole;
+  node: HaNode;
   lighthouses: LighthouseSupervisor;
   /** Blocking config polls held until a node's version moves. */
   waiters: VersionWaiters;

@@ -2,11 +2,14 @@ import { createRoute, z } from '@hono/zod-openapi';
 import type { App, Deps } from './context.js';
 import { ok, positionSchema } from './schemas.js';
 import { VERSION } from '../version.js';
+import { HA_STATES } from '../ha/states.js';
 
 const healthSchema = z
   .object({
     status: z.enum(['healthy', 'degraded', 'unhealthy']),
     ha_mode: z.enum(['standalone', 'master', 'replica']),
+    ha_state: z.enum(HA_STATES).openapi({ description: 'The HA state (docs/HA.md has the table)' }),
+    epoch: z.number().int().openapi({ description: 'The newest epoch this node knows of' }),
     node_id: z.string(),
     version: z.string(),
     timestamp: z.string(),
@@ -17,6 +20,7 @@ const healthSchema = z
     durable_position: positionSchema.nullable().optional().openapi({ description: 'Replica only: newest transaction on disk, the one acknowledged to the master' }),
     lag: z.object({ transactions: z.number(), ms: z.number().nullable() }),
     replicas: z.number().int().optional(),
+    quarantined_transactions: z.number().int().openapi({ description: 'Diverged transactions this node kept in quarantine since it started (nebulagc-server quarantine list)' }),
     checks: z.object({ database: z.object({ ok: z.boolean(), error: z.string().optional() }) }),
   })
   .openapi('Health');
@@ -30,6 +34,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
 
   const databaseCheck = (): { ok: boolean; error?: string } => {
     if (role.replica && !role.replica.hasCopy) return { ok: false, error: 'no verified copy (replica bootstrapping, or replaying after a crash)' };
+    if (role.machine.is('starting', 'promoting', 'demoting', 'stopped')) return { ok: false, error: `changing role (${role.state})` };
     try {
       store.reader.prepare('SELECT count(*) FROM sqlite_master').get();
       return { ok: true };
@@ -42,7 +47,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
     createRoute({ method: 'get', path: '/health', tags, summary: 'Role, status and checks', responses: { 200: ok(healthSchema, 'Always 200 while live') } }),
     (c) => {
       const database = databaseCheck();
-      const writable = store.writer.writable;
+      const writable = role.takesWrites && store.writer.writable;
       const lag = role.lag();
       const lagging = role.mode === 'replica' && !(lag.ms <= config.replication.maxReplicaLagMs);
       const status = !database.ok ? 'unhealthy' : (role.mode !== 'replica' && !writable) || lagging ? 'degraded' : 'healthy';
@@ -50,6 +55,8 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
         {
           status,
           ha_mode: role.mode,
+          ha_state: role.state,
+          epoch: role.epoch,
           node_id: config.nodeId,
           version: VERSION,
           timestamp: new Date().toISOString(),
@@ -60,6 +67,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
           ...(role.replica ? { durable_position: role.replica.durablePosition ?? null } : {}),
           lag: { transactions: lag.transactions, ms: Number.isFinite(lag.ms) ? Math.round(lag.ms * 1000) / 1000 : null },
           ...(role.master ? { replicas: role.master.connectedReplicas } : {}),
+          quarantined_transactions: role.quarantinedTransactions,
           checks: { database },
         } as const,
         200,
@@ -94,7 +102,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
       summary: '200 only on a node that may take writes now',
       responses: { 200: ok(checkSchema, 'Takes writes'), 503: ok(checkSchema, 'Does not take writes') },
     }),
-    (c) => (store.writer.writable ? c.json({ status: 'ok' }, 200) : c.json({ status: 'not_master' }, 503)),
+    (c) => (role.takesWrites && store.writer.writable ? c.json({ status: 'ok' }, 200) : c.json({ status: 'not_master', reason: role.state }, 503)),
   );
 
   app.openapi(

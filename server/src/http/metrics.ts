@@ -3,6 +3,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { Writer } from '../db/writer.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { HaRole } from '../ha/role.js';
+import { HA_STATES } from '../ha/states.js';
 import type { VersionWaiters } from './blocking/version-waiters.js';
 import { DeferredCounter, DeferredHistogram, type CountHandle } from './deferred-metrics.js';
 
@@ -64,8 +65,14 @@ export class Metrics {
 
   readonly haTransitions = new Counter({
     name: 'nebulagc_ha_state_transitions_total',
-    help: 'HA role changes, by from_state and to_state',
+    help: 'HA state changes, by from_state and to_state (see the state table in docs/HA.md)',
     labelNames: ['from_state', 'to_state'] as const,
+    registers: [this.registry],
+  });
+
+  readonly haQuarantined = new Counter({
+    name: 'nebulagc_ha_quarantined_transactions_total',
+    help: 'Transactions of a diverged copy (an old master’s unreplicated writes) kept in quarantine before a resync',
     registers: [this.registry],
   });
 
@@ -243,7 +250,24 @@ export class Metrics {
       help: '1 when this node may take writes (a master or standalone node not fenced), else 0',
       registers,
       collect() {
-        this.set(role.mode !== 'replica' && writer.writable ? 1 : 0);
+        this.set(role.takesWrites && writer.writable ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'nebulagc_ha_epoch',
+      help: 'The newest epoch this node knows of (it grows at every promotion)',
+      registers,
+      collect() {
+        this.set(role.epoch);
+      },
+    });
+    new Gauge({
+      name: 'nebulagc_ha_state',
+      help: '1 for the HA state this node is in (label state), 0 for the others',
+      labelNames: ['state'] as const,
+      registers,
+      collect() {
+        for (const s of HA_STATES) this.set({ state: s }, role.state === s ? 1 : 0);
       },
     });
     new Gauge({

@@ -7,7 +7,7 @@ import { readAllPages } from './capture.js';
 import { DbChecksum, pageHash } from './checksum.js';
 import { applyDelta } from './page-delta.js';
 import { isDelta, type PageEntry, type Position, type TxRecord } from './record.js';
-import { PositionFile } from './state-file.js';
+import { PositionFile } from './position-file.js';
 import { WalSync } from './wal-sync.js';
 
 /** SQLite binds at most 32766 variables; two per row. */

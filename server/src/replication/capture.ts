@@ -29,7 +29,7 @@ export interface CaptureOptions {
 const MAX_READ_BYTES = 4 * 1024 * 1024;
 
 const pageList = (pages: Map<number, PageImage>): PageImage[] => {
-  // Page 1 carries the schema cookie: it goes last (DESIGN §3).
+  // Page 1 carries the schema cookie: it goes last (docs/HA.md).
   const list: PageImage[] = [];
   for (const p of pages.values()) if (p.pgno !== 1) list.push(p);
   const first = pages.get(1);
@@ -113,7 +113,7 @@ export class WalCapture {
   private restartExpected = false;
   private checksum: DbChecksum;
   private txid: number;
-  private epochValue: number;
+  private readonly epochValue: number;
   private readonly now: () => number;
   /** True when the database did not match the log at start: a new history begins. */
   readonly historyBroken: boolean;
@@ -195,10 +195,6 @@ export class WalCapture {
    */
   noteCommit(timeMs: number): void {
     this.commitTimes.push(timeMs);
-  }
-
-  setEpoch(epoch: number): void {
-    this.epochValue = epoch;
   }
 
   /**
@@ -385,7 +381,7 @@ export class WalCapture {
    * then continue from the end of the current WAL.
    */
   private resync(): CapturedTx[] {
-    // Waiting for the write lock while pinned is the litestream stall trap (DESIGN §3): a
+    // Waiting for the write lock while pinned is the litestream stall trap (docs/HA.md): a
     // checkpointer holding the lock may be waiting for our reader. Drop the pins first.
     if (!this.writer.inTransaction) {
       for (const db of this.opts.pins) if (db.inTransaction) db.exec('ROLLBACK');

@@ -1,5 +1,5 @@
 /**
- * The rolling database checksum of DESIGN §4: the XOR over all pages of a 64-bit hash of
+ * The rolling database checksum (docs/HA.md): the XOR over all pages of a 64-bit hash of
  * (page number, page bytes). XOR makes it cheap to update page by page (out with the old hash,
  * in with the new), and the hash covers the page number so two swapped pages still differ.
  */

@@ -82,9 +82,15 @@ async function readBody(res: IncomingMessage): Promise<unknown> {
   }
 }
 
+/** An error answer's JSON body (`{error, code, details}`), or its text. */
+export const errorBodyOf = readBody;
+
 /** What an error answer says, for a log line: `: CODE message`, or its text. */
 export async function errorOf(res: IncomingMessage): Promise<string> {
-  const body = await readBody(res);
+  return describeError(await readBody(res));
+}
+
+export function describeError(body: unknown): string {
   if (body && typeof body === 'object' && 'error' in body) return `: ${String((body as { code?: unknown }).code)} ${String(body.error)}`;
   return typeof body === 'string' && body ? `: ${body.slice(0, 200)}` : '';
 }

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { openDatabase, type Db, type Synchronous } from '../db/connection.js';
 import type { Writer } from '../db/writer.js';
@@ -8,6 +8,7 @@ import { WalCapture, type CapturedTx } from './capture.js';
 import { ReplicationLog } from './log.js';
 import { PageImages } from './page-delta.js';
 import { encodeHeartbeat, encodeTxInto, txRecordBytes, type Position } from './record.js';
+import { locate, type EpochStart, type PositionVerdict } from '../ha/timeline.js';
 
 /**
  * Memory for the images pages are diffed against. A control plane's database is mostly a few
@@ -20,6 +21,15 @@ export interface MasterOptions {
   dir: string;
   log: { maxBytes: number; maxAgeMs: number; memoryBytes: number };
   walCheckpointBytes: number;
+  /** The epoch this master writes in; every record carries it. */
+  epoch: number;
+  /**
+   * Where a promoted replica's history stands: txids continue from it. The log, which may hold
+   * records from an earlier time as master, starts over there. Undefined: continue the log.
+   */
+  startAt?: Position;
+  /** The cluster's epoch history, to tell replicas on it from diverged ones. */
+  history: () => readonly EpochStart[];
   /** The writer's setting, for the checkpoint thread's connection (its fsyncs follow it). */
   synchronous?: Synchronous;
   captureIntervalMs?: number;
@@ -30,6 +40,8 @@ export interface MasterOptions {
 export interface ReplicaView {
   id: string;
   url: string | undefined;
+  /** Whether it may be promoted (NEBULAGC_CANDIDATE on the replica). */
+  candidate: boolean;
   connected: boolean;
   connectedAt: number | undefined;
   sentTxid: number;
@@ -49,11 +61,12 @@ export interface Snapshot {
 export interface Subscriber {
   /** Called when records past this subscriber's position exist; it pulls them from the log. */
   wake(): void;
+  /** The master is closing: send what is queued, then end the stream. */
+  end(): void;
 }
 
 export interface MasterEvents {
   onTransactions?(txs: CapturedTx[]): void;
-  onRecordBytes?(bytes: number): void;
 }
 
 /**
@@ -69,7 +82,7 @@ export class ReplicationMaster {
   private readonly pins: [Db, Db];
   private readonly timers: NodeJS.Timeout[] = [];
   private closed = false;
-  private readonly stateFile: string;
+  private readonly unhookCommit: () => void;
   private lastRecordAt = Date.now();
   /** Commits happened that no capture has read yet; a setImmediate will. */
   private captureDue = false;
@@ -85,14 +98,14 @@ export class ReplicationMaster {
     private readonly logger: Logger,
   ) {
     mkdirSync(opts.dir, { recursive: true });
-    this.stateFile = path.join(opts.dir, 'master.json');
-    const epoch = this.readEpoch();
     writer.db.pragma('wal_autocheckpoint = 0');
     // Our checkpoints do not truncate the WAL; this bounds what a big transaction leaves behind.
     if (opts.walCheckpointBytes > 0) writer.db.pragma(`journal_size_limit = ${Math.max(2 * opts.walCheckpointBytes, 4 * 1024 * 1024)}`);
     this.log = new ReplicationLog(path.join(opts.dir, 'log'), { ...opts.log, segmentBytes: 16 * 1024 * 1024 });
     this.pins = [openDatabase(opts.dbPath, { readonly: true }), openDatabase(opts.dbPath, { readonly: true })];
-    this.capture = new WalCapture(writer.db, { dbPath: opts.dbPath, pins: this.pins, epoch, resumeFrom: this.log.last });
+    const start = opts.startAt;
+    if (start && (this.log.last?.txid !== start.txid || this.log.last.checksum !== start.checksum)) this.log.reset();
+    this.capture = new WalCapture(writer.db, { dbPath: opts.dbPath, pins: this.pins, epoch: opts.epoch, resumeFrom: start ?? this.log.last });
     this.images = new PageImages(this.capture.pageSize, Math.max(64, Math.floor(DELTA_IMAGES_BYTES / this.capture.pageSize)));
     if (this.capture.recovery) {
       logger.warn(
@@ -117,14 +130,19 @@ export class ReplicationMaster {
       },
       afterAcquire: () => this.publish(this.capture.capture()),
     });
-    writer.onCommit(() => this.commitSeen());
+    this.unhookCommit = writer.onCommit(() => this.commitSeen());
     if (opts.walCheckpointBytes > 0) this.background = new BackgroundCheckpointer(opts.dbPath, opts.synchronous ?? 'FULL');
     this.log.onFlushed = () => this.wakeAll();
     logger.info({ position: this.position }, 'replication master ready');
   }
 
-  /** The newest position: captures first if commits are waiting for their capture. */
+  /** The newest position captured (commits of this turn of the event loop may not be in it yet). */
   get position(): Position {
+    return this.capture.position;
+  }
+
+  /** The newest position, capturing first if commits are waiting for their capture. */
+  positionNow(): Position {
     if (this.captureDue) this.captureNow();
     return this.capture.position;
   }
@@ -243,7 +261,7 @@ export class ReplicationMaster {
 
   /** A heartbeat record carrying the master's position and clock. */
   heartbeat(): Buffer {
-    return encodeHeartbeat({ ...this.position, masterTimeMs: performance.timeOrigin + performance.now() });
+    return encodeHeartbeat({ ...this.positionNow(), masterTimeMs: performance.timeOrigin + performance.now() });
   }
 
   subscribe(s: Subscriber): () => void {
@@ -251,18 +269,16 @@ export class ReplicationMaster {
     return () => this.subscribers.delete(s);
   }
 
-  /** Whether a replica at this position is on our history (and the log can serve it). */
-  validatePosition(pos: { txid: number; checksum: string; epoch: number }): 'ok' | 'snapshot' {
-    const here = this.position;
-    if (pos.epoch > here.epoch || pos.txid > here.txid) return 'snapshot';
-    if (pos.txid === here.txid) return pos.checksum === here.checksum ? 'ok' : 'snapshot';
-    return this.log.covers(pos.txid) && this.log.checksumAt(pos.txid) === pos.checksum ? 'ok' : 'snapshot';
+  /** Where a peer's position stands against our history: resume, snapshot, diverged, or a newer epoch than ours. */
+  locate(pos: Position): PositionVerdict {
+    return locate(pos, this.positionNow(), this.opts.history(), this.log);
   }
 
-  replicaConnected(id: string, url: string | undefined, from: number): ReplicaView {
+  replicaConnected(id: string, url: string | undefined, from: number, candidate: boolean): ReplicaView {
     const view = this.replicas.get(id) ?? {
       id,
       url,
+      candidate,
       connected: true,
       connectedAt: Date.now(),
       sentTxid: from,
@@ -270,9 +286,16 @@ export class ReplicationMaster {
       ackedChecksum: undefined,
       lastAckAt: undefined,
     };
-    Object.assign(view, { url: url ?? view.url, connected: true, connectedAt: Date.now(), sentTxid: from });
+    Object.assign(view, { url: url ?? view.url, candidate, connected: true, connectedAt: Date.now(), sentTxid: from });
     this.replicas.set(id, view);
     return view;
+  }
+
+  /** Forgets a replica (its stream, if open, ends). */
+  forget(id: string): boolean {
+    const known = this.replicas.delete(id);
+    this.wakeAll();
+    return known;
   }
 
   ack(id: string, pos: Position): void {
@@ -297,7 +320,7 @@ export class ReplicationMaster {
       let pageCount = 0;
       writer.write('replication.snapshot', () => {
         this.captureNow();
-        position = this.position;
+        position = this.capture.position;
         db.exec('BEGIN');
         pageCount = db.pragma('page_count', { simple: true }) as number;
       });
@@ -314,29 +337,34 @@ export class ReplicationMaster {
     return n;
   }
 
-  async close(): Promise<void> {
+  /**
+   * Captures and logs what is committed, ends every stream once it has sent all of it, and lets
+   * go of the files. Returns the final position: the database's, exactly.
+   */
+  async close(): Promise<Position> {
     for (const t of this.timers) clearInterval(t);
     this.captureNow();
+    this.wakeAll();
+    for (const s of this.subscribers) s.end();
     this.closed = true;
+    this.unhookCommit();
+    const final = this.capture.position;
     this.log.close();
     this.capture.close();
     for (const p of this.pins) p.close();
     await this.background?.close();
+    return final;
   }
 
   private publish(txs: CapturedTx[]): void {
     if (txs.length === 0) return;
-    let bytes = 0;
     for (const tx of txs) {
       if (tx.resync) this.logger.warn({ txid: tx.txid, pages: tx.pages.length }, 'WAL frames were checkpointed unseen; shipped the difference');
       const plan = this.images.plan(tx.pages, tx.dbSize);
-      const buf = encodeTxInto(tx, this.log.reserve(txRecordBytes(tx, plan)), plan);
-      bytes += buf.length;
-      this.log.append(tx, buf);
+      this.log.append(tx, encodeTxInto(tx, this.log.reserve(txRecordBytes(tx, plan)), plan));
     }
     this.lastRecordAt = Date.now();
     this.events.onTransactions?.(txs);
-    this.events.onRecordBytes?.(bytes);
   }
 
   private wakeAll(): void {
@@ -354,16 +382,5 @@ export class ReplicationMaster {
     this.publish(captured);
     this.log.flush();
     if (!complete) this.logger.debug('WAL checkpoint incomplete (a reader or writer was busy); will retry');
-  }
-
-  private readEpoch(): number {
-    try {
-      const state = JSON.parse(readFileSync(this.stateFile, 'utf8')) as { epoch?: unknown };
-      if (typeof state.epoch === 'number' && Number.isInteger(state.epoch) && state.epoch > 0) return state.epoch;
-    } catch {
-      // No state yet: a new master starts at epoch 1.
-    }
-    writeFileSync(this.stateFile, JSON.stringify({ epoch: 1 }), { mode: 0o600 });
-    return 1;
   }
 }

@@ -20,7 +20,7 @@ import { deltaBytes, writeDelta } from './page-delta.js';
  * Page 1's hash leaves out SQLite's commit stamps, so a whole page 1's entry is crc32 of the
  * whole page instead. A damaged page changes its 64-bit hash, hence the digest, and the crc
  * misses that with the same 2^-32 chance as a crc over the page; outside recovery the
- * replica's checksum verification (DESIGN §4) catches it as well. A delta's bytes are small,
+ * replica's checksum verification (docs/HA.md) catches it as well. A delta's bytes are small,
  * and their own crc means a damaged one is refused as damaged before anything is applied.
  */
 /**

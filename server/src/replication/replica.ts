@@ -3,15 +3,21 @@ import { finished } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import { Applier, ApplyError } from './applier.js';
-import { errorOf, type InternalClient } from './internal-client.js';
+import { describeError, errorBodyOf, type InternalClient } from './internal-client.js';
 import { CorruptRecordError, decodeRecord, RecordFramer, RECORD_FORMAT, RECORD_HEARTBEAT, RECORD_TX, type Position, type TxRecord } from './record.js';
 import { downloadSnapshot, installSnapshot } from './snapshot-client.js';
+import type { EpochStart, Timeline } from '../ha/timeline.js';
 
 export interface ReplicaOptions {
   dbPath: string;
   dir: string;
   replicaId: string;
   advertiseUrl: string;
+  /** Identifies the HMAC secret without revealing it: a master with another secret refuses the stream. */
+  secretFingerprint: string;
+  /** Whether this node may be promoted; the master lists it in /cluster/peers. */
+  candidate: boolean;
+  timeline: Timeline;
   /** Heartbeats are due every 500 ms; this many ms of silence counts as a missed one. */
   heartbeatTimeoutMs?: number;
 }
@@ -25,8 +31,29 @@ export interface ReplicaHooks {
   onDurable?(pos: Position, commitTimesMs: number[]): void;
   onHeartbeat(masterTimeMs: number, receivedAtMs: number): void;
   onStreamError(err: unknown): void;
-  onMasterAdvertised(url: string): void;
+  onMasterAdvertised(url: string, nodeId: string | undefined): void;
+  /** The copy's condition changed (see ReplicaPhase). */
+  onPhase(phase: ReplicaPhase, reason: string): void;
+  /** The upstream answered that it is not the master and named one: follow that one. */
+  onRedirected(url: string): void;
+  /**
+   * The master says the copy has writes it never had (an old master's). Called before the
+   * snapshot replaces the copy: keep it. The returned function runs once the snapshot is in.
+   */
+  onDiverged(position: Position, divergence: Divergence): Promise<() => void>;
 }
+
+export type ReplicaPhase = 'bootstrapping' | 'recovering' | 'following' | 'broken';
+
+export interface Divergence {
+  forkTxid: number;
+  transactions: number;
+  masterUrl: string;
+  masterEpoch: number | undefined;
+}
+
+/** A record from an epoch older than one this node has seen: it comes from a fenced master. */
+export class StaleEpochError extends Error {}
 
 interface Waiter {
   txid: number;
@@ -65,25 +92,50 @@ export class ReplicationReplica {
   masterCommitTimeMs: number | undefined;
   lastContactMs: number | undefined;
   connected = false;
-  snapshotsTaken = 0;
+  private phaseValue: ReplicaPhase = 'bootstrapping';
   private ackTimer: NodeJS.Timeout | undefined;
   private ackInFlight = false;
   private loop: Promise<void> | undefined;
   private readonly warn = (msg: string): void => this.log.warn(msg);
 
   constructor(
-    private readonly client: InternalClient,
+    private client: InternalClient,
     private readonly opts: ReplicaOptions,
     private readonly hooks: ReplicaHooks,
     private readonly log: Logger,
   ) {
     mkdirSync(opts.dir, { recursive: true });
-    this.stateFile = path.join(opts.dir, 'replica.position');
+    this.stateFile = replicaPositionFile(opts.dir);
     this.applier = Applier.open(opts.dbPath, this.stateFile, this.warn);
     if (this.applier) {
       if (this.applier.isRecovering) log.warn({ position: this.applier.position }, 'replica copy is ahead of its position file (a crash or power loss); replaying from it until the checksums agree');
       else log.info({ position: this.applier.position }, 'replica copy opened');
+      this.phaseValue = this.applier.isRecovering ? 'recovering' : 'following';
     }
+  }
+
+  get phase(): ReplicaPhase {
+    return this.phaseValue;
+  }
+
+  private setPhase(phase: ReplicaPhase, reason: string): void {
+    if (phase === this.phaseValue) return;
+    this.phaseValue = phase;
+    this.hooks.onPhase(phase, reason);
+  }
+
+  /** The node this replica streams from. */
+  get upstream(): string {
+    return this.client.baseUrl;
+  }
+
+  /** Follows another master from the next connection on (the current stream ends now). */
+  retarget(client: InternalClient): void {
+    const old = this.client;
+    this.client = client;
+    this.masterPosition = undefined;
+    this.abort?.abort(new Error(`now following ${client.baseUrl}`));
+    old.close();
   }
 
   /** The newest transaction readers of the copy see. */
@@ -156,8 +208,18 @@ export class ReplicationReplica {
         // stop() may have come during the snapshot: it aborted that one, not the next request.
         if (!this.running) break;
         const outcome = await this.stream();
-        if (outcome === 'snapshot') {
-          this.log.warn({ position: this.position }, 'master says this copy is not on its history; taking a snapshot');
+        if (outcome.kind === 'diverged') {
+          const d = outcome.divergence;
+          this.log.error(
+            { position: this.position, fork_txid: d.forkTxid, diverged_transactions: d.transactions, master: d.masterUrl },
+            `this copy has ${d.transactions} transaction(s) the new master never had (an old master's unreplicated writes): keeping the copy in quarantine, then resyncing`,
+          );
+          this.setPhase('broken', 'the copy is off the new master’s history');
+          const recorded = await this.hooks.onDiverged(this.position!, d);
+          await this.takeSnapshot();
+          recorded();
+        } else if (outcome.kind === 'snapshot') {
+          this.log.warn({ position: this.position }, 'the master’s log no longer reaches this copy’s position; taking a snapshot');
           await this.takeSnapshot();
         }
         backoff = BACKOFF_MIN_MS;
@@ -167,7 +229,9 @@ export class ReplicationReplica {
         this.hooks.onStreamError(err);
         if (err instanceof ApplyError || err instanceof CorruptRecordError) {
           this.log.error({ err: (err as Error).message, position: this.position }, 'replication stream rejected: the copy will resync from a snapshot');
-          this.closeCopy();
+          this.closeCopy('broken', (err as Error).message);
+        } else if (err instanceof UpstreamError || err instanceof StaleEpochError) {
+          this.log.error({ err: err.message, upstream: this.client.baseUrl, retry_ms: backoff }, 'the upstream refused this replica');
         } else {
           this.log.warn({ err: (err as Error).message, retry_ms: backoff }, 'replication stream failed; reconnecting');
         }
@@ -177,25 +241,39 @@ export class ReplicationReplica {
     }
   }
 
-  /** Follows the stream until it ends. 'snapshot' when the master refuses our position. */
-  private async stream(): Promise<'ended' | 'snapshot'> {
+  /** Follows the stream until it ends, or until the master refuses our position. */
+  private async stream(): Promise<{ kind: 'ended' | 'snapshot' } | { kind: 'diverged'; divergence: Divergence }> {
     const pos = this.position!;
+    const timeline = this.opts.timeline;
     const q = new URLSearchParams({
       from: String(pos.txid),
       epoch: String(pos.epoch),
       checksum: pos.checksum,
+      seen_epoch: String(timeline.highestSeen),
       replica_id: this.opts.replicaId,
       replica_url: this.opts.advertiseUrl,
       format: String(RECORD_FORMAT),
+      secret_fp: this.opts.secretFingerprint,
+      candidate: String(this.opts.candidate),
     });
     this.abort = new AbortController();
     if (!this.running) this.abort.abort();
     const res = await this.client.open('GET', `/internal/v1/replication/stream?${q}`, undefined, this.abort.signal);
-    if (res.statusCode === 409) {
-      res.resume();
-      return 'snapshot';
+    if (res.statusCode !== 200) {
+      const body = (await errorBodyOf(res)) as { code?: string; details?: Record<string, unknown> } | undefined;
+      if (res.statusCode === 409 && body?.code === 'SNAPSHOT_REQUIRED') {
+        const verdict = body.details?.verdict as { kind?: string; forkTxid?: number; transactions?: number } | undefined;
+        if (verdict?.kind === 'diverged') {
+          const master = body.details?.master as Position | undefined;
+          return {
+            kind: 'diverged',
+            divergence: { forkTxid: verdict.forkTxid ?? 0, transactions: verdict.transactions ?? 0, masterUrl: this.client.baseUrl, masterEpoch: master?.epoch },
+          };
+        }
+        return { kind: 'snapshot' };
+      }
+      throw this.upstreamRefusal(res.statusCode ?? 0, body);
     }
-    if (res.statusCode !== 200) throw new Error(`stream request answered ${res.statusCode}${await errorOf(res)}`);
     // A master of an older release names no format and ignores ours. Its records would read as
     // damaged and cost the copy; this way the copy keeps serving until both sides match.
     const format = res.headers['x-nebulagc-record-format'];
@@ -203,8 +281,16 @@ export class ReplicationReplica {
       res.destroy();
       throw new Error(`the master sends record format ${format ?? '2 or older'}, this replica reads ${RECORD_FORMAT}: run the same version on master and replicas`);
     }
+    const masterEpoch = Number(res.headers['x-nebulagc-epoch']);
+    if (masterEpoch < timeline.highestSeen) {
+      res.destroy();
+      throw new UpstreamError(`${this.client.baseUrl} is a master of epoch ${masterEpoch}, but epoch ${timeline.highestSeen} exists: it is a stale master, and this replica will not follow it`);
+    }
+    const history = res.headers['x-nebulagc-history'];
+    if (typeof history === 'string') timeline.adopt(JSON.parse(history) as EpochStart[]);
     const advertised = res.headers['x-nebulagc-advertise-url'];
-    if (typeof advertised === 'string') this.hooks.onMasterAdvertised(advertised);
+    const nodeId = res.headers['x-nebulagc-node-id'];
+    if (typeof advertised === 'string') this.hooks.onMasterAdvertised(advertised, typeof nodeId === 'string' ? nodeId : undefined);
     this.connected = true;
     this.lastContactMs = Date.now();
     this.log.info({ from: pos.txid, master: this.client.baseUrl }, 'following the master');
@@ -236,13 +322,37 @@ export class ReplicationReplica {
     }
     // Apply what arrived before the end, so a restart of the master loses nothing here.
     this.applyQueued();
-    return 'ended';
+    return { kind: 'ended' };
+  }
+
+  /**
+   * Why the upstream would not stream, in words an operator can act on. A node that is not the
+   * master may name the one it follows: then this replica follows that one.
+   */
+  private upstreamRefusal(status: number, body: { code?: string; details?: Record<string, unknown> } | undefined): Error {
+    const upstream = this.client.baseUrl;
+    const d = body?.details ?? {};
+    if (body?.code === 'NOT_MASTER') {
+      if (d.node_id === this.opts.replicaId) return new UpstreamError(`NEBULAGC_MASTER_URL (${upstream}) points at this node itself: point it at the master`);
+      const named = typeof d.master_url === 'string' ? d.master_url : undefined;
+      if (named && named !== upstream && d.master_url !== this.opts.advertiseUrl) {
+        this.log.warn({ upstream, role: d.ha_state, master: named }, `${upstream} is not the master (${String(d.ha_state)}); following the master it names, ${named}`);
+        this.hooks.onRedirected(named);
+        return new Error(`${upstream} is not the master; now following ${named}`);
+      }
+      return new UpstreamError(`${upstream} is not the master (${String(d.ha_state ?? 'unknown state')}) and knows no master to name: point NEBULAGC_MASTER_URL at the master`);
+    }
+    if (body?.code === 'SECRET_MISMATCH') return new UpstreamError(`${upstream} uses another NEBULAGC_HMAC_SECRET than this replica: tokens it signs would fail here with 401. Use the same secret on every node`);
+    return new Error(`stream request answered ${status}${describeError(body)}`);
   }
 
   private takeRecords(records: Buffer[]): void {
     for (const buf of records) {
       this.lastContactMs = Date.now();
       const r = decodeRecord(buf);
+      if (r.epoch < this.opts.timeline.highestSeen) {
+        throw new StaleEpochError(`a record of epoch ${r.epoch} (txid ${r.txid}) arrived, but epoch ${this.opts.timeline.highestSeen} exists: refused, it comes from a fenced master`);
+      }
       if (r.type === RECORD_TX) {
         this.queue.push(r);
         this.queueBytes += buf.length;
@@ -274,7 +384,7 @@ export class ReplicationReplica {
         // Stop serving this copy and break the stream: follow() resyncs from a snapshot.
         this.log.error({ err: (err as Error).message, position: this.position }, 'replication apply failed: the copy will resync from a snapshot');
         this.hooks.onStreamError(err);
-        this.closeCopy();
+        this.closeCopy('broken', (err as Error).message);
         this.abort?.abort(err);
       }
     });
@@ -291,6 +401,7 @@ export class ReplicationReplica {
     if (wasRecovering && !this.applier.isRecovering) {
       this.log.info({ position: pos }, 'replica copy verified again: its checksum matches the master\'s');
       this.hooks.onCopyChanged(true);
+      this.setPhase('following', 'the copy’s checksum met the master’s again');
     }
     const commitTimesMs = batch.map((r) => r.commitTimeMs);
     this.hooks.onApplied(pos, batch.length, bytes, commitTimesMs);
@@ -322,7 +433,7 @@ export class ReplicationReplica {
           if (applier !== this.applier) return;
           this.log.error({ err: (err as Error).message, position: applier.position }, 'could not sync the copy to disk: it will resync from a snapshot');
           this.hooks.onStreamError(err);
-          this.closeCopy();
+          this.closeCopy('broken', (err as Error).message);
           this.abort?.abort(err);
         },
       )
@@ -376,7 +487,7 @@ export class ReplicationReplica {
       if (!pos) return;
       this.ackInFlight = true;
       this.client
-        .json('POST', '/internal/v1/replication/ack', { replica_id: this.opts.replicaId, ...pos })
+        .json('POST', '/internal/v1/replication/ack', { replica_id: this.opts.replicaId, ...pos, seen_epoch: this.opts.timeline.highestSeen })
         .catch((err: unknown) => this.log.debug({ err: (err as Error).message }, 'ack failed'))
         .finally(() => {
           this.ackInFlight = false;
@@ -386,7 +497,8 @@ export class ReplicationReplica {
     this.ackTimer.unref();
   }
 
-  private closeCopy(): void {
+  private closeCopy(phase: ReplicaPhase, reason: string): void {
+    this.setPhase(phase, reason);
     this.queue = [];
     this.queueBytes = 0;
     this.notDurable = [];
@@ -405,11 +517,10 @@ export class ReplicationReplica {
     this.abort = new AbortController();
     const snap = await downloadSnapshot(this.client, this.opts.dbPath, this.log, this.abort.signal);
     // Only a verified file replaces the copy; the old one served until this moment.
-    this.closeCopy();
+    this.closeCopy('bootstrapping', 'the copy was closed to take a snapshot');
     await this.closing;
     installSnapshot(snap, this.opts.dbPath);
     this.applier = Applier.fromSnapshot(this.opts.dbPath, this.stateFile, this.warn, snap.checksum, snap.position);
-    this.snapshotsTaken++;
     this.masterPosition ??= snap.position;
     this.hooks.onCopyChanged(true);
     this.hooks.onApplied(snap.position, 0, 0, []);
@@ -417,7 +528,14 @@ export class ReplicationReplica {
     this.releaseWaiters(snap.position.txid);
     this.scheduleAck();
     this.log.info({ position: snap.position }, 'snapshot installed');
+    this.setPhase('following', 'a snapshot was installed');
   }
 }
+
+/** The upstream is not a master this replica can follow; retrying helps only once an operator acts. */
+export class UpstreamError extends Error {}
+
+/** Where a replica keeps its position, beside the database. */
+export const replicaPositionFile = (dir: string): string => path.join(dir, 'replica.position');
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());

@@ -50,8 +50,15 @@ export function replicationStream(
       pumping = false;
     }
   };
+  const end = (): void => {
+    if (closed) return;
+    stop();
+    controller.close();
+  };
   const pumpOnce = (): void => {
     if (closed) return;
+    // Forgotten by an operator (DELETE /cluster/peers/{id}): the replica may connect again.
+    if (master.replicas.get(view.id) !== view) return end();
     try {
       // Only records already written to the log's file: a replica must never hold a
       // transaction the master could lose in a crash.
@@ -83,7 +90,7 @@ export function replicationStream(
     {
       start(c) {
         controller = c;
-        unsubscribe = master.subscribe({ wake: pump });
+        unsubscribe = master.subscribe({ wake: pump, end });
         pump();
       },
       // The replica drained its queue: carry on with a backlog that stopped at the high-water mark.

@@ -30,7 +30,7 @@ export interface Frame {
   commitSize: number;
   /** The page image: a view into the buffer that was parsed, not a copy. */
   data: Buffer;
-  /** pageHash(pgno, data), the database checksum's page hash (DESIGN §4). */
+  /** pageHash(pgno, data), the database checksum's page hash (docs/HA.md). */
   hashA: number;
   hashB: number;
 }

@@ -69,8 +69,12 @@ export const observe = (metrics: Metrics, log: Logger): MiddlewareHandler<AppEnv
     stats.duration.observe(seconds);
     // Server-to-server traffic (replica acks, forwarded heartbeats) is steady and routine: only
     // its failures are worth a line at the default level.
-    const routine = c.req.method === 'GET' || c.req.path.startsWith('/internal/');
-    const level = status >= 500 ? 'error' : status >= 400 || !routine ? 'info' : 'debug';
+    const path = c.req.path;
+    const routine = c.req.method === 'GET' || path.startsWith('/internal/');
+    // A load balancer probing /health/master on a replica gets 503 on every probe, by design:
+    // that is an answer, not a failure.
+    const probeAnswer = status === 503 && (path === '/health' || path.startsWith('/health/'));
+    const level = probeAnswer ? 'debug' : status >= 500 ? 'error' : status >= 400 || !routine ? 'info' : 'debug';
     if (log.isLevelEnabled(level)) {
       const principal = c.get('principal');
       log[level](
@@ -78,7 +82,7 @@ export const observe = (metrics: Metrics, log: Logger): MiddlewareHandler<AppEnv
           request_id: c.get('requestId'),
           method: c.req.method,
           route: stats.route,
-          path: c.req.path,
+          path,
           status,
           duration_ms: Math.round(seconds * 100_000) / 100,
           principal: principal ? principal.kind : undefined,

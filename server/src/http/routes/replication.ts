@@ -1,6 +1,5 @@
 import { z } from '@hono/zod-openapi';
 import { DomainError } from '../../domain/errors.js';
-import type { HaRole } from '../../ha/role.js';
 import type { ReplicationMaster } from '../../replication/master.js';
 import { RECORD_FORMAT } from '../../replication/record.js';
 import { replicationStream, snapshotStream } from '../../replication/stream-server.js';
@@ -8,7 +7,7 @@ import { idSchema, portSchema, publicKeySchema } from '../../domain/validation.j
 import { registerBuiltinLighthouse } from '../../domain/builtin-lighthouses.js';
 import { pkiFrom } from '../../domain/cluster-ca.js';
 import { writeHeartbeats } from '../../domain/heartbeats.js';
-import type { App, Deps } from '../context.js';
+import type { App, AppContext, Deps } from '../context.js';
 import { errorResponse } from '../errors.js';
 
 const positionQuery = z.object({
@@ -18,6 +17,9 @@ const positionQuery = z.object({
   replica_id: z.string().min(1).max(128),
   replica_url: z.url().optional(),
   format: z.coerce.number().int().optional(),
+  seen_epoch: z.coerce.number().int().min(0).optional(),
+  secret_fp: z.string().regex(/^[0-9a-f]{16}$/).optional(),
+  candidate: z.enum(['true', 'false']).optional(),
 });
 
 const ackBody = z.object({
@@ -25,7 +27,11 @@ const ackBody = z.object({
   epoch: z.number().int().min(0),
   txid: z.number().int().min(0),
   checksum: z.string().regex(/^[0-9a-f]{16}$/),
+  seen_epoch: z.number().int().min(0).optional(),
 });
+
+const positionBody = z.object({ epoch: z.number().int().min(0), txid: z.number().int().min(0), checksum: z.string().regex(/^[0-9a-f]{16}$/) });
+const promoteBody = z.object({ expect: positionBody, timeout_ms: z.number().int().positive().max(60_000).optional() });
 
 const lighthouseRegistration = z.strictObject({
   cluster_id: idSchema,
@@ -43,14 +49,32 @@ function parse<T>(schema: z.ZodType<T>, value: unknown): T {
   return r.data;
 }
 
-/** The master's internal endpoints (the app mounts them behind the replication secret). */
-export function registerReplicationRoutes(app: App, deps: Deps, master: ReplicationMaster, role: HaRole): void {
-  const { metrics, store } = deps;
+/**
+ * The internal endpoints (the app mounts them behind the replication secret). Those of a
+ * master answer 503 NOT_MASTER on any other node, naming the master it knows of, so a replica
+ * pointed at the wrong node can say so and follow the right one.
+ */
+export function registerReplicationRoutes(app: App, deps: Deps): void {
+  const { metrics, store, role, node, config } = deps;
   const pki = pkiFrom(deps.config.pki);
   const sent = (n: number): void => metrics.replicationBytesSent.inc(n);
 
+  const notMaster = (c: AppContext): Response =>
+    errorResponse(c, 'NOT_MASTER', `this node is not the master (${role.state})`, {
+      node_id: config.nodeId,
+      ha_state: role.state,
+      master_url: role.masterUrl === role.selfUrl ? null : (role.masterUrl ?? null),
+    });
+  const masterOf = (): ReplicationMaster | undefined => (role.machine.is('master.serving', 'master.fenced') ? role.master : undefined);
+  /** A peer has heard of a newer epoch than ours: another node was promoted, and this one is stale. */
+  const heardOf = (epoch: number | undefined, from: string): void => {
+    if (epoch !== undefined && role.timeline.see(epoch)) node.fence(`${from} has seen epoch ${epoch}, newer than this master's`);
+  };
+
   app.get('/internal/v1/replication/stream', (c) => {
     const q = parse(positionQuery, c.req.query());
+    const master = masterOf();
+    if (!master) return notMaster(c);
     if (q.format !== RECORD_FORMAT) {
       // Not 409: a replica of any version takes that as "take a snapshot", which would not help.
       deps.log.warn({ replica_id: q.replica_id, replica_format: q.format ?? null, format: RECORD_FORMAT }, 'refused a replica of another record format: run the same version on master and replicas');
@@ -58,12 +82,25 @@ export function registerReplicationRoutes(app: App, deps: Deps, master: Replicat
         format: RECORD_FORMAT,
       });
     }
-    if (master.validatePosition({ txid: q.from, epoch: q.epoch, checksum: q.checksum }) === 'snapshot') {
-      return errorResponse(c, 'SNAPSHOT_REQUIRED', 'that position is not on this master’s history (or no longer in its log); take a snapshot', {
-        master: master.position,
+    if (q.secret_fp !== node.fingerprint) {
+      deps.log.error({ replica_id: q.replica_id }, 'refused a replica with another NEBULAGC_HMAC_SECRET: every token this master issues would fail there');
+      return errorResponse(c, 'SECRET_MISMATCH', 'the replica’s NEBULAGC_HMAC_SECRET differs from this master’s (compared by fingerprint): use the same secret on every node');
+    }
+    if (q.replica_id === config.nodeId) return errorResponse(c, 'VALIDATION_FAILED', `replica_id ${q.replica_id} is this master's own node id: give every node its own NEBULAGC_NODE_ID`);
+    heardOf(q.seen_epoch, `replica ${q.replica_id}`);
+    const verdict = master.locate({ txid: q.from, epoch: q.epoch, checksum: q.checksum });
+    if (verdict.kind === 'newer_epoch') heardOf(q.epoch, `replica ${q.replica_id}`);
+    if (!role.machine.is('master.serving', 'master.fenced') || verdict.kind === 'newer_epoch') return notMaster(c);
+    if (verdict.kind !== 'resume') {
+      if (verdict.kind === 'diverged') {
+        deps.log.warn({ replica_id: q.replica_id, position: { epoch: q.epoch, txid: q.from }, fork_txid: verdict.forkTxid, diverged_transactions: verdict.transactions }, 'a replica has writes this master never had; it will quarantine them and resync');
+      }
+      return errorResponse(c, 'SNAPSHOT_REQUIRED', verdict.kind === 'diverged' ? 'that position is off this master’s history (writes it never had): keep them, then take a snapshot' : 'that position is older than this master’s log reaches; take a snapshot', {
+        master: master.positionNow(),
+        verdict,
       });
     }
-    const view = master.replicaConnected(q.replica_id, q.replica_url, q.from);
+    const view = master.replicaConnected(q.replica_id, q.replica_url, q.from, q.candidate !== 'false');
     deps.log.info({ replica_id: q.replica_id, from: q.from }, 'replica connected');
     const body = replicationStream(master, view, q.from, sent);
     return new Response(body, {
@@ -73,7 +110,9 @@ export function registerReplicationRoutes(app: App, deps: Deps, master: Replicat
         'cache-control': 'no-store',
         'x-accel-buffering': 'no',
         'x-nebulagc-advertise-url': role.selfUrl,
+        'x-nebulagc-node-id': config.nodeId,
         'x-nebulagc-epoch': String(master.position.epoch),
+        'x-nebulagc-history': JSON.stringify(role.timeline.history),
         'x-nebulagc-record-format': String(RECORD_FORMAT),
         'x-request-id': c.get('requestId'),
       },
@@ -81,6 +120,8 @@ export function registerReplicationRoutes(app: App, deps: Deps, master: Replicat
   });
 
   app.get('/internal/v1/replication/snapshot', (c) => {
+    const master = masterOf();
+    if (!master) return notMaster(c);
     const snap = master.openSnapshot(store.writer);
     deps.log.info({ position: snap.position, pages: snap.pageCount }, 'serving a snapshot');
     const { body, length } = snapshotStream(snap, sent);
@@ -97,18 +138,29 @@ export function registerReplicationRoutes(app: App, deps: Deps, master: Replicat
 
   app.post('/internal/v1/replication/ack', async (c) => {
     const a = parse(ackBody, await c.req.json());
+    heardOf(a.seen_epoch, `replica ${a.replica_id}`);
+    const master = masterOf();
+    if (!master) return notMaster(c);
     master.ack(a.replica_id, { epoch: a.epoch, txid: a.txid, checksum: a.checksum });
     return c.json({ ok: true, master: master.position }, 200);
   });
 
+  // A switchover's master asks its target to take over once it holds exactly `expect`.
+  app.post('/internal/v1/ha/promote', async (c) => {
+    const req = parse(promoteBody, await c.req.json());
+    return c.json(await node.promote({ expect: req.expect, timeoutMs: req.timeout_ms }), 200);
+  });
+
   // A replica's built-in lighthouse: the master signs its key and writes its row.
   app.post('/internal/v1/lighthouses', async (c) => {
+    if (!role.takesWrites) return notMaster(c);
     const req = parse(lighthouseRegistration, await c.req.json());
     return c.json(await registerBuiltinLighthouse(store, pki, req), 200);
   });
 
   // Replicas batch the heartbeats daemons send them and forward them here.
   app.post('/internal/v1/heartbeats', async (c) => {
+    if (!role.takesWrites) return notMaster(c);
     const { beats } = parse(heartbeatBatch, await c.req.json());
     const batch = new Map<string, string>();
     for (const [id, at] of beats) if ((batch.get(id) ?? '') < at) batch.set(id, at);

@@ -1,7 +1,7 @@
-import type { MiddlewareHandler } from 'hono';
+import type { MiddlewareHandler, Next } from 'hono';
 import type { ReplicationConfig } from '../../config.js';
 import type { HaRole } from '../../ha/role.js';
-import type { AppEnv } from '../context.js';
+import type { AppContext, AppEnv } from '../context.js';
 import { errorResponse } from '../errors.js';
 
 const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
@@ -10,23 +10,45 @@ const LOCAL_WRITES = new Set(['/api/v1/heartbeat']);
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'host', 'content-length']);
 
 /**
+ * The write gate in front of every API route, by the node's HA state: a serving master or a
+ * standalone node passes everything; a fenced master refuses writes with Retry-After (a
+ * switchover or a newer epoch); a node between roles serves nothing for that moment; a replica
+ * goes through replicaGate. The /cluster operations act on this node itself, whatever its role.
+ */
+export const roleGate = (role: HaRole, config: ReplicationConfig): MiddlewareHandler<AppEnv> => async (c, next) => {
+  const path = c.req.path;
+  const isApi = path.startsWith('/api/') || path.startsWith('/cluster/');
+  if (!isApi || role.takesWrites) return next();
+  if (role.machine.is('starting', 'promoting', 'demoting', 'stopped')) {
+    c.header('Retry-After', '1');
+    return errorResponse(c, 'NOT_READY', `this node is ${role.state}; try again in a moment`);
+  }
+  if (role.replica) return replicaGate(role, config, c, next);
+  if (!READS.has(c.req.method) && !path.startsWith('/cluster/')) {
+    c.header('Retry-After', '1');
+    const master = role.masterUrl === role.selfUrl ? undefined : role.masterUrl;
+    if (master) c.header('X-NebulaGC-Master-URL', master);
+    return c.json({ error: `this master is fenced (${role.state}) and takes no writes; retry shortly`, code: 'NOT_MASTER', master_url: master ?? null, request_id: c.get('requestId') }, 503);
+  }
+  return next();
+};
+
+/**
  * What a replica does before any route runs: refuse to serve until it has a verified copy,
  * send writes to the master (307, proxy or refusal), and hold reads that ask for a
  * transaction it has not applied yet.
  */
-export const replicaGate = (role: HaRole, config: ReplicationConfig): MiddlewareHandler<AppEnv> => async (c, next) => {
+async function replicaGate(role: HaRole, config: ReplicationConfig, c: AppContext, next: Next): Promise<Response | void> {
   const replica = role.replica!;
   const path = c.req.path;
-  const isApi = path.startsWith('/api/') || path.startsWith('/cluster/');
-  if (!isApi) return next();
   if (!replica.hasCopy) {
     c.header('Retry-After', '1');
     return errorResponse(c, 'NOT_READY', 'this replica has no verified copy yet');
   }
   const master = role.masterUrl;
-  if (!READS.has(c.req.method) && !LOCAL_WRITES.has(path)) {
+  if (!READS.has(c.req.method) && !LOCAL_WRITES.has(path) && !path.startsWith('/cluster/')) {
     const query = new URL(c.req.url).search;
-    if (config.replicaWrites === 'proxy' && config.masterUrl) return proxy(c.req.raw, `${config.masterUrl}${path}${query}`);
+    if (config.replicaWrites === 'proxy' && master) return proxy(c.req.raw, `${master}${path}${query}`);
     if (master) c.header('X-NebulaGC-Master-URL', master);
     if (config.replicaWrites === 'redirect' && master) {
       c.header('Location', `${master}${path}${query}`);
@@ -50,7 +72,7 @@ export const replicaGate = (role: HaRole, config: ReplicationConfig): Middleware
   }
   c.header('X-NebulaGC-TxID', String(replica.position?.txid ?? 0));
   return next();
-};
+}
 
 /** Forwards the request to the master as is and relays its answer. */
 async function proxy(req: Request, url: string): Promise<Response> {
@@ -76,6 +98,6 @@ async function proxy(req: Request, url: string): Promise<Response> {
 /** On the master: every write answers with the transaction it reached, for read-your-writes. */
 export const masterTxid = (role: HaRole): MiddlewareHandler<AppEnv> => async (c, next) => {
   await next();
-  const pos = role.master?.position;
+  const pos = role.master?.positionNow();
   if (pos) c.header('X-NebulaGC-TxID', String(pos.txid));
 };
