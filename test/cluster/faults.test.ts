@@ -7,6 +7,7 @@ import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
 import { openDatabase } from '../../server/src/db/connection.js';
+import { secretFingerprint } from '../../server/src/ha/node.js';
 import { Applier, ApplyError } from '../../server/src/replication/applier.js';
 import { checksumPages } from '../../server/src/replication/checksum.js';
 import { PositionFile } from '../../server/src/replication/position-file.js';
@@ -31,7 +32,7 @@ import { Writable } from 'node:stream';
 import { clusterDir, REPLICATION_SECRET, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 import { quietReplicaHooks, replicaIdentity } from '../helpers/replica.js';
-import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
+import { call, TEST_ADMIN_TOKEN, TEST_SECRET } from '../helpers/server.js';
 
 /**
  * Replication under faults, with real processes on 127.0.0.1: interrupted snapshots, records
@@ -1054,10 +1055,10 @@ describe('replication faults between real processes', { timeout: 110_000 }, () =
     it('the internal endpoints take only the replication secret', async () => {
       const pos = (await health(master.url)).position!;
       const q = (over: Record<string, string | number> = {}): string =>
-        new URLSearchParams({ from: String(pos.txid), epoch: String(pos.epoch), checksum: pos.checksum, replica_id: 'intruder', format: String(RECORD_FORMAT), ...over } as Record<string, string>).toString();
+        new URLSearchParams({ from: String(pos.txid), epoch: String(pos.epoch), checksum: pos.checksum, replica_id: 'intruder', format: String(RECORD_FORMAT), secret_fp: secretFingerprint(TEST_SECRET), ...over } as Record<string, string>).toString();
       const endpoints: { method: string; path: string; json?: unknown }[] = [
         { method: 'GET', path: `/internal/v1/replication/stream?${q()}` },
-        { method: 'GET', path: '/internal/v1/replication/snapshot' },
+        { method: 'GET', path: `/internal/v1/replication/snapshot?replica_id=intruder&secret_fp=${secretFingerprint(TEST_SECRET)}` },
         { method: 'POST', path: '/internal/v1/replication/ack', json: { replica_id: 'intruder', ...pos } },
         { method: 'POST', path: '/internal/v1/heartbeats', json: { beats: [[nodeB.id, new Date().toISOString()]] } },
       ];
@@ -1116,7 +1117,7 @@ describe('replication faults between real processes', { timeout: 110_000 }, () =
       assert.equal(ok.status, 200);
       assert.equal(ok.headers.get('content-type'), 'application/vnd.nebulagc.replication-stream');
       assert.equal(ok.headers.get('x-nebulagc-record-format'), String(RECORD_FORMAT));
-      const snap = await probe(master.url, 'GET', '/internal/v1/replication/snapshot', secret);
+      const snap = await probe(master.url, 'GET', `/internal/v1/replication/snapshot?replica_id=probe&secret_fp=${secretFingerprint(TEST_SECRET)}`, secret);
       assert.equal(snap.status, 200);
       assert.ok(Number(snap.headers.get('content-length')) > SNAPSHOT_HEADER_BYTES);
       const ack = await probe(master.url, 'POST', '/internal/v1/replication/ack', secret, { replica_id: 'probe', ...pos });

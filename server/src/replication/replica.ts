@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import { Applier, ApplyError } from './applier.js';
 import { describeError, errorBodyOf, type InternalClient } from './internal-client.js';
 import { CorruptRecordError, decodeRecord, RecordFramer, RECORD_FORMAT, RECORD_HEARTBEAT, RECORD_TX, type Position, type TxRecord } from './record.js';
-import { downloadSnapshot, installSnapshot } from './snapshot-client.js';
+import { downloadSnapshot, installSnapshot, SnapshotRefusedError } from './snapshot-client.js';
 import type { EpochStart, Timeline } from '../ha/timeline.js';
 
 export interface ReplicaOptions {
@@ -515,7 +515,14 @@ export class ReplicationReplica {
 
   private async takeSnapshot(): Promise<void> {
     this.abort = new AbortController();
-    const snap = await downloadSnapshot(this.client, this.opts.dbPath, this.log, this.abort.signal);
+    const query = new URLSearchParams({ replica_id: this.opts.replicaId, secret_fp: this.opts.secretFingerprint, seen_epoch: String(this.opts.timeline.highestSeen) });
+    let snap;
+    try {
+      snap = await downloadSnapshot(this.client, this.opts.dbPath, this.log, this.abort.signal, query);
+    } catch (err) {
+      if (err instanceof SnapshotRefusedError) throw this.upstreamRefusal(err.status, err.body as { code?: string; details?: Record<string, unknown> } | undefined);
+      throw err;
+    }
     // Only a verified file replaces the copy; the old one served until this moment.
     this.closeCopy('bootstrapping', 'the copy was closed to take a snapshot');
     await this.closing;

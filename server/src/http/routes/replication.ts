@@ -22,6 +22,12 @@ const positionQuery = z.object({
   candidate: z.enum(['true', 'false']).optional(),
 });
 
+const snapshotQuery = z.object({
+  replica_id: z.string().min(1).max(128),
+  seen_epoch: z.coerce.number().int().min(0).optional(),
+  secret_fp: z.string().regex(/^[0-9a-f]{16}$/).optional(),
+});
+
 const ackBody = z.object({
   replica_id: z.string().min(1).max(128),
   epoch: z.number().int().min(0),
@@ -71,10 +77,20 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
     if (epoch !== undefined && role.timeline.see(epoch)) node.fence(`${from} has seen epoch ${epoch}, newer than this master's`);
   };
 
+  /** The checks every stream and snapshot request passes first: epoch news, the master role, the secret. */
+  const admit = (c: AppContext, q: { replica_id: string; seen_epoch?: number; secret_fp?: string }): Response | undefined => {
+    heardOf(q.seen_epoch, `replica ${q.replica_id}`);
+    if (!masterOf()) return notMaster(c);
+    if (q.secret_fp !== node.fingerprint) {
+      deps.log.error({ replica_id: q.replica_id }, 'refused a replica with another NEBULAGC_HMAC_SECRET: every token this master issues would fail there');
+      return errorResponse(c, 'SECRET_MISMATCH', 'the replica’s NEBULAGC_HMAC_SECRET differs from this master’s (compared by fingerprint): use the same secret on every node');
+    }
+    if (q.replica_id === config.nodeId) return errorResponse(c, 'VALIDATION_FAILED', `replica_id ${q.replica_id} is this master's own node id: give every node its own NEBULAGC_NODE_ID`);
+    return undefined;
+  };
+
   app.get('/internal/v1/replication/stream', (c) => {
     const q = parse(positionQuery, c.req.query());
-    const master = masterOf();
-    if (!master) return notMaster(c);
     if (q.format !== RECORD_FORMAT) {
       // Not 409: a replica of any version takes that as "take a snapshot", which would not help.
       deps.log.warn({ replica_id: q.replica_id, replica_format: q.format ?? null, format: RECORD_FORMAT }, 'refused a replica of another record format: run the same version on master and replicas');
@@ -82,15 +98,14 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
         format: RECORD_FORMAT,
       });
     }
-    if (q.secret_fp !== node.fingerprint) {
-      deps.log.error({ replica_id: q.replica_id }, 'refused a replica with another NEBULAGC_HMAC_SECRET: every token this master issues would fail there');
-      return errorResponse(c, 'SECRET_MISMATCH', 'the replica’s NEBULAGC_HMAC_SECRET differs from this master’s (compared by fingerprint): use the same secret on every node');
-    }
-    if (q.replica_id === config.nodeId) return errorResponse(c, 'VALIDATION_FAILED', `replica_id ${q.replica_id} is this master's own node id: give every node its own NEBULAGC_NODE_ID`);
-    heardOf(q.seen_epoch, `replica ${q.replica_id}`);
+    const refused = admit(c, q);
+    if (refused) return refused;
+    const master = masterOf()!;
     const verdict = master.locate({ txid: q.from, epoch: q.epoch, checksum: q.checksum });
-    if (verdict.kind === 'newer_epoch') heardOf(q.epoch, `replica ${q.replica_id}`);
-    if (!role.machine.is('master.serving', 'master.fenced') || verdict.kind === 'newer_epoch') return notMaster(c);
+    if (verdict.kind === 'newer_epoch') {
+      heardOf(q.epoch, `replica ${q.replica_id}`);
+      return notMaster(c);
+    }
     if (verdict.kind !== 'resume') {
       if (verdict.kind === 'diverged') {
         deps.log.warn({ replica_id: q.replica_id, position: { epoch: q.epoch, txid: q.from }, fork_txid: verdict.forkTxid, diverged_transactions: verdict.transactions }, 'a replica has writes this master never had; it will quarantine them and resync');
@@ -120,8 +135,9 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
   });
 
   app.get('/internal/v1/replication/snapshot', (c) => {
-    const master = masterOf();
-    if (!master) return notMaster(c);
+    const refused = admit(c, parse(snapshotQuery, c.req.query()));
+    if (refused) return refused;
+    const master = masterOf()!;
     const snap = master.openSnapshot(store.writer);
     deps.log.info({ position: snap.position, pages: snap.pageCount }, 'serving a snapshot');
     const { body, length } = snapshotStream(snap, sent);
