@@ -5,6 +5,7 @@ import { isEntryPoint } from './entry.js';
 import { runPollBench } from './polls.js';
 import { runRenderBench } from './render.js';
 import { runReplicationBench } from './replication.js';
+import { runSwitchoverBench } from './switchover.js';
 import { runWriteBench } from './writes.js';
 
 if (isEntryPoint(import.meta.url)) {
@@ -15,8 +16,9 @@ if (isEntryPoint(import.meta.url)) {
   const pollsOk = await runPollBench();
   const writesOk = await runWriteBench();
   const replicationOk = await runReplicationBench();
+  const switchoverOk = await runSwitchoverBench();
   const renderOk = await runRenderBench();
   const blockingOk = await runBlockingBench();
   await runDaemonIdleBench();
-  if (!pollsOk || !writesOk || !replicationOk || !renderOk || !blockingOk) process.exitCode = 1;
+  if (!pollsOk || !writesOk || !replicationOk || !switchoverOk || !renderOk || !blockingOk) process.exitCode = 1;
 }

@@ -503,7 +503,7 @@ describe('replication between real processes', () => {
       };
       assert.deepEqual(extraRows(r1.dbPath), extraRows(master.dbPath));
 
-      await Promise.all([master, r1, r2].map((n) => n.stop()));
+      await Promise.all([master, r1, r2].map((n) => n.stop('SIGINT')));
       assertIdenticalFiles(master, [r1, r2]);
       const masterBytes = readFileSync(master.dbPath).length;
       t.diagnostic(
@@ -584,7 +584,7 @@ describe('replication between real processes', () => {
       assert.match(replica.output(), /snapshot installed/);
       const ids = await nodeIds(replica.url, k);
       assert.deepEqual(ids, await nodeIds(master.url, k));
-      await Promise.all([master, replica].map((n) => n.stop()));
+      await Promise.all([master, replica].map((n) => n.stop('SIGINT')));
       assertIdenticalFiles(master, [replica]);
     } finally {
       await fx.cleanup();
@@ -603,8 +603,9 @@ describe('replication between real processes', () => {
       const before = await waitCaughtUp(fx, master, [r1, r2]);
       const snapshotsBefore = await Promise.all([r1, r2].map(async (r) => metric(await metricsText(r), 'nebulagc_replication_snapshots_total')));
 
-      // A clean restart: the master comes back at the same position; replicas resume.
-      await master.stop();
+      // A clean restart (SIGINT: no handover, see the roles tests for SIGTERM's): the master
+      // comes back at the same position; replicas resume.
+      await master.stop('SIGINT');
       master = await fx.restart(master);
       const resumed = await positionOf(master);
       assert.deepEqual(resumed, before, 'the master did not restart at its last position');
@@ -632,7 +633,7 @@ describe('replication between real processes', () => {
       // The master's own log of the killed run: did it have to drop its history?
       const reset = /does not match the replication log/.test(master.output());
       t.diagnostic(`master kill -9: ${stream.count} writes acknowledged before it; log reset on restart: ${reset}; replica snapshots ${JSON.stringify(snapshotsAfter)} -> ${JSON.stringify(snapshotsEnd)}`);
-      await Promise.all([master, r1, r2].map((n) => n.stop()));
+      await Promise.all([master, r1, r2].map((n) => n.stop('SIGINT')));
       assertIdenticalFiles(master, [r1, r2]);
       // Replicas are streamed only records already in the log's file, and a master whose
       // database is ahead of its log bridges the gap from the WAL: no reset, no snapshot.

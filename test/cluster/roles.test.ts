@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -101,7 +102,7 @@ describe('runtime roles', { timeout: 240_000 }, () => {
   it('switchover under a write load loses no acknowledged write, starts an epoch, continues txids, and the third node resumes without a snapshot; then back again', async () => {
     const { master: n1, replicas } = await cluster('switchover', ['n2', 'n3']);
     const [n2, n3] = replicas as [ServerProcess, ServerProcess];
-    const load = new WriteLoad(n1.url, 'sw');
+    const load = new WriteLoad([n1.url, n2.url, n3.url], 'sw');
     load.start();
     await waitUntil(() => load.acks.length >= 30, 20_000);
     const epochBefore = (await health(n1)).epoch as number;
@@ -258,6 +259,82 @@ describe('runtime roles', { timeout: 240_000 }, () => {
     assert.equal(w.headers.get('retry-after'), '1');
     assert.equal((await health(n1)).ha_state, 'master.fenced');
     assert.equal(await metric(n1, /^nebulagc_ha_state_transitions_total\{from_state="master.serving",to_state="master.fenced"\}/), 1);
+  });
+
+  it('SIGTERM on a master hands over to a caught-up replica first: no acknowledged write lost; restarted, it follows', async () => {
+    const { root, master: n1, replicas } = await cluster('sigterm', ['n2', 'n3']);
+    const load = new WriteLoad([n1.url, ...replicas.map((r) => r.url)], 'term');
+    load.start();
+    await waitUntil(() => load.acks.length >= 30, 20_000);
+    await n1.stop('SIGTERM');
+    assert.equal(n1.child.exitCode, 0, n1.output().slice(-2000));
+    assert.match(n1.output(), /switchover done/);
+    const leaders = await Promise.all(replicas.map(async (r) => (await call(r.url, 'GET', '/cluster/leader', { headers: op })).body.url as string));
+    assert.equal(new Set(leaders).size, 1, `both replicas name the same master: ${leaders.join(', ')}`);
+    const nm = replicas.find((r) => r.url === leaders[0])!;
+    const other = replicas.find((r) => r !== nm)!;
+    assert.ok(nm, `the new master is one of the replicas: ${leaders[0]}`);
+    assert.ok(await isMaster(nm));
+    assert.ok(await waitUntil(() => load.acks.filter((a) => a.origin === nm.url).length >= 20, 20_000), 'writes continue on the new master');
+    const acks = await load.stop();
+    const head = (await health(nm)).position.txid as number;
+    assert.ok(await waitUntil(async () => (await health(other)).position?.txid === head, 10_000), 'the other replica follows the new master');
+    for (const n of [nm, other]) {
+      const names = tenantNames(n);
+      assert.deepEqual(acks.filter((a) => !names.has(a.name)), [], `${n.name} holds every acknowledged write`);
+    }
+    // Restarted with its static NEBULAGC_HA_MODE=master, n1 must not become a second master.
+    const n1b = await n1.restart();
+    nodes.push(n1b);
+    assert.ok(await waitUntil(async () => (await health(n1b)).ha_state === 'replica.following', 15_000), n1b.output());
+    assert.ok(!(await isMaster(n1b)));
+    assert.match(n1b.output(), /following it instead of starting a second master/);
+    assert.ok(root);
+  });
+
+  it('DELETE /cluster/peers keeps NEBULAGC_MIN_REPLICAS connected; POST /cluster/snapshot writes a consistent copy', async () => {
+    const dir = clusterDir('peers');
+    roots.push(dir);
+    const n1 = await startNode('n1', dir.root, { NEBULAGC_HA_MODE: 'master', NEBULAGC_MIN_REPLICAS: '1' });
+    nodes.push(n1);
+    const n2 = await startNode('n2', dir.root, { NEBULAGC_HA_MODE: 'replica', NEBULAGC_MASTER_URL: n1.url });
+    nodes.push(n2);
+    assert.ok(await waitUntil(async () => (await health(n1)).replicas === 1, 15_000));
+    const refused = await call(n1.url, 'DELETE', '/cluster/peers/n2', { headers: op });
+    assert.equal(refused.status, 409, JSON.stringify(refused.body));
+    assert.equal(refused.body.code, 'MIN_REPLICAS');
+    assert.equal((await call(n1.url, 'DELETE', '/cluster/peers/nobody', { headers: op })).status, 404);
+    await n2.stop();
+    assert.ok(await waitUntil(async () => (await health(n1)).replicas === 0, 10_000));
+    const forgotten = await call(n1.url, 'DELETE', '/cluster/peers/n2', { headers: op });
+    assert.equal(forgotten.status, 200, 'a disconnected replica can be forgotten: the connected count stays as it is');
+    const peers = await call(n1.url, 'GET', '/cluster/peers', { headers: op });
+    assert.deepEqual(peers.body.peers.map((p: { id: string }) => p.id), ['n1']);
+    for (let i = 0; i < 5; i++) assert.equal((await call(n1.url, 'POST', '/api/v1/tenants', { headers: op, json: { name: `s-${i}` } })).status, 201);
+    const snap = await call(n1.url, 'POST', '/cluster/snapshot', { headers: op, json: {} });
+    assert.equal(snap.status, 200, JSON.stringify(snap.body));
+    const pos = (await health(n1)).position;
+    assert.equal(snap.body.position.txid, pos.txid);
+    assert.equal(snap.body.position.checksum, pos.checksum, 'the copy is byte for byte the database at that position');
+    const copy = new Database(snap.body.path, { readonly: true });
+    try {
+      assert.equal((copy.prepare('PRAGMA integrity_check').get() as { integrity_check: string }).integrity_check, 'ok');
+      assert.equal((copy.prepare("SELECT count(*) AS n FROM tenants WHERE name LIKE 's-%'").get() as { n: number }).n, 5);
+    } finally {
+      copy.close();
+    }
+  });
+
+  it('a replica that has seen a newer epoch refuses a stale master, and the master fences itself', async () => {
+    const { root, master: n1 } = await cluster('stale', []);
+    const stale = path.join(root, 'n9', 'nebulagc.db-replication');
+    mkdirSync(stale, { recursive: true });
+    writeFileSync(path.join(stale, 'timeline.json'), JSON.stringify({ role: 'replica', highest_seen: 7, history: [] }));
+    const n9 = await startNode('n9', root, { NEBULAGC_HA_MODE: 'replica', NEBULAGC_MASTER_URL: n1.url });
+    nodes.push(n9);
+    assert.ok(await waitUntil(() => /but epoch 7 exists: refused/.test(n9.output()), 10_000), n9.output());
+    assert.equal((await health(n9)).ha_state, 'replica.bootstrapping', 'it took nothing from the stale master');
+    assert.equal((await health(n1)).ha_state, 'master.fenced');
   });
 
   it('the promotion gate names the gap', () => {

@@ -32,8 +32,11 @@ export interface ServerProcess {
   output(): string;
   /** SIGKILL: no cleanup at all, as a crash. */
   kill9(): Promise<void>;
-  /** SIGTERM and wait for exit. */
-  stop(): Promise<void>;
+  /**
+   * SIGTERM (the planned stop: a master with a caught-up replica hands over first) and wait for
+   * exit. SIGINT stops at once, without a handover.
+   */
+  stop(signal?: 'SIGTERM' | 'SIGINT'): Promise<void>;
   /** Starts the same node again (same dir, port and env). */
   restart(): Promise<ServerProcess>;
 }
@@ -118,9 +121,9 @@ export async function startNode(
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;
     },
-    async stop() {
+    async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
+        child.kill(signal);
         const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
         await exited;
         clearTimeout(t);

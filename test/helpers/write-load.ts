@@ -20,11 +20,19 @@ export class WriteLoad {
   private running = false;
   private loop: Promise<void> | undefined;
 
+  private url: string;
+
+  /**
+   * `urls`: the nodes the client knows, as a daemon's server list; it starts at the first and
+   * moves to the next when one does not answer at all (a stopped master).
+   */
   constructor(
-    private url: string,
+    private readonly urls: string[],
     private readonly prefix: string,
     private readonly pauseMs = 2,
-  ) {}
+  ) {
+    this.url = urls[0]!;
+  }
 
   start(): void {
     this.running = true;
@@ -59,6 +67,7 @@ export class WriteLoad {
         });
       } catch {
         this.retries.errors++;
+        this.url = this.urls[(this.urls.indexOf(this.url) + 1) % this.urls.length] ?? this.urls[0]!;
         await new Promise((r) => setTimeout(r, 5));
         continue;
       }

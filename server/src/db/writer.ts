@@ -80,7 +80,16 @@ export class Writer {
 
   /** Runs `fn` in one IMMEDIATE transaction; rolls back if it throws. */
   write<T>(label: string, fn: (db: Db) => T): T {
-    if (this.refusal !== undefined || !this.tx) throw new WritesRefusedError(this.refusal ?? 'no database is open for writing');
+    if (this.refusal !== undefined) throw new WritesRefusedError(this.refusal);
+    return this.underLock(label, fn);
+  }
+
+  /**
+   * Runs `fn` holding the write lock even while writes are refused: for work that changes
+   * nothing but must see an exact commit boundary (a snapshot's start on a fenced master).
+   */
+  underLock<T>(label: string, fn: (db: Db) => T): T {
+    if (!this.tx) throw new WritesRefusedError(this.refusal ?? 'no database is open for writing');
     const started = performance.now();
     let result: T;
     try {

@@ -66,6 +66,8 @@ const REPLICA_STATE: Record<ReplicaPhase, 'replica.bootstrapping' | 'replica.rec
 export class HaNode {
   private lock: WriterLock | undefined;
   private busy: string | undefined;
+  /** Replicas this node, no longer master, has answered with the master's URL. */
+  private readonly redirected = new Set<string>();
   readonly fingerprint: string;
 
   constructor(
@@ -88,7 +90,17 @@ export class HaNode {
       this.role.machine.to('standalone');
       return migration;
     }
-    if (config.haMode === 'master') return this.openMaster();
+    if (config.haMode === 'master') {
+      const live = await this.liveMasterElsewhere();
+      if (!live) return this.openMaster();
+      this.o.log.warn(
+        { master: live },
+        `NEBULAGC_HA_MODE=master, but this node handed over to ${live}, which is master now: following it instead of starting a second master (make this node master again with a switchover)`,
+      );
+      this.role.setKnownMaster(live, undefined);
+      this.follow(live);
+      return undefined;
+    }
     this.adoptOwnPosition();
     this.follow(config.replication.masterUrl!);
     return undefined;
@@ -143,6 +155,7 @@ export class HaNode {
     if (url === role.selfUrl) throw new DomainError('VALIDATION_FAILED', 'master_url is this node itself');
     if (role.mode === 'replica' && role.replica) {
       role.setKnownMaster(url, nodeId);
+      role.timeline.setRole('replica', url);
       role.replica.retarget(this.clientFor(url));
       log.info({ master: url }, 'following another master');
       return;
@@ -158,7 +171,6 @@ export class HaNode {
     this.lock?.release();
     this.lock = undefined;
     writePosition(this.o.dir, final);
-    role.timeline.setRole('replica');
     log.info({ position: final, master: url }, 'demoted: following the new master from this copy');
     this.follow(url);
   }
@@ -223,13 +235,25 @@ export class HaNode {
     const master = this.role.master;
     if (!master || this.role.state !== 'master.serving') return;
     const head = master.positionNow().txid;
-    const ready = [...master.replicas.values()].some((r) => r.connected && r.candidate && r.url && head - r.ackedTxid <= 1000);
-    if (!ready) return;
+    const connected = [...master.replicas.values()].filter((r) => r.connected);
+    if (!connected.some((r) => r.candidate && r.url && head - r.ackedTxid <= 1000)) return;
+    let to: Handover;
     try {
-      await this.switchover(undefined);
+      to = await this.switchover(undefined);
     } catch (err) {
       this.o.log.warn({ err: (err as Error).message }, 'no handover before exit');
+      return;
     }
+    // The other replicas reconnect here and are told the new master's URL; once this process
+    // is gone they could not learn it. Bounded: a replica that does not come back is not waited for.
+    const others = connected.map((r) => r.id).filter((id) => id !== to.node_id);
+    this.redirected.clear();
+    await waitUntil(() => others.every((id) => this.redirected.has(id)), 3000);
+  }
+
+  /** A replica asked this node (not master) to stream, and was told where the master is. */
+  noteRedirected(replicaId: string): void {
+    this.redirected.add(replicaId);
   }
 
   /**
@@ -378,7 +402,7 @@ export class HaNode {
   private follow(url: string): void {
     const { config, log, metrics, nodes } = this.o;
     const { role } = this;
-    role.timeline.setRole('replica');
+    role.timeline.setRole('replica', url);
     nodes.readFrom(undefined);
     const replica = new ReplicationReplica(
       this.clientFor(url),
@@ -419,6 +443,7 @@ export class HaNode {
         },
         onRedirected: (masterUrl) => {
           role.setKnownMaster(masterUrl, undefined);
+          role.timeline.setRole('replica', masterUrl);
           role.replica?.retarget(this.clientFor(masterUrl));
         },
         onDiverged: async (position, d) => {
@@ -454,6 +479,24 @@ export class HaNode {
   }
 
   /**
+   * A node configured as master whose last role was replica: if the master it followed is alive
+   * and serving, this node was demoted (a switchover, a SIGTERM handover), and starting as
+   * master would make two. Unreachable, it is the runbook's promotion of a replica: go ahead.
+   */
+  private async liveMasterElsewhere(): Promise<string | undefined> {
+    const { timeline } = this.role;
+    const url = timeline.masterUrl;
+    if (timeline.role !== 'replica' || !url || url === this.role.selfUrl) return undefined;
+    try {
+      const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) });
+      const h = (await res.json()) as { ha_state?: string; epoch?: number };
+      return h.ha_state === 'master.serving' && (h.epoch ?? 0) >= timeline.highestSeen ? url : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
    * A node that was master last time and now starts as a replica (the runbook after a failover)
    * has a stale replica position file, or none: its copy's position is where its log ends. A
    * database ahead of its log (writes the log lost in a crash) is put one past it, so the new
@@ -471,7 +514,6 @@ export class HaNode {
     const checksum = fileChecksum(config.dbPath);
     const pos = checksum === logged.checksum ? logged : { epoch: logged.epoch, txid: logged.txid + 1, checksum };
     writePosition(this.o.dir, pos);
-    role.timeline.setRole('replica');
     log.info({ position: pos, ahead_of_log: pos !== logged }, 'this node was master: its copy continues from where its log ends');
   }
 }

@@ -13,6 +13,8 @@ export type LastRole = 'standalone' | 'master' | 'replica';
 
 interface TimelineData {
   role: LastRole | undefined;
+  /** The master a replica last followed: a node configured as master checks it before it takes over. */
+  masterUrl: string | undefined;
   /** The highest epoch this node has heard of, from any master, peer or its own promotion. */
   highestSeen: number;
   history: EpochStart[];
@@ -39,20 +41,24 @@ export class Timeline {
   static load(dir: string): Timeline {
     const file = path.join(dir, 'timeline.json');
     if (existsSync(file)) {
-      const raw = JSON.parse(readFileSync(file, 'utf8')) as { role?: LastRole; highest_seen?: number; history?: EpochStart[] };
-      return new Timeline(file, { role: raw.role, highestSeen: raw.highest_seen ?? 0, history: raw.history ?? [] });
+      const raw = JSON.parse(readFileSync(file, 'utf8')) as { role?: LastRole; master_url?: string; highest_seen?: number; history?: EpochStart[] };
+      return new Timeline(file, { role: raw.role, masterUrl: raw.master_url, highestSeen: raw.highest_seen ?? 0, history: raw.history ?? [] });
     }
     const legacy = path.join(dir, 'master.json');
     if (existsSync(legacy)) {
       const { epoch } = JSON.parse(readFileSync(legacy, 'utf8')) as { epoch?: number };
       const e = typeof epoch === 'number' && epoch > 0 ? epoch : 1;
-      return new Timeline(file, { role: 'master', highestSeen: e, history: [{ epoch: e, txid: 0, checksum: '' }] });
+      return new Timeline(file, { role: 'master', masterUrl: undefined, highestSeen: e, history: [{ epoch: e, txid: 0, checksum: '' }] });
     }
-    return new Timeline(file, { role: undefined, highestSeen: 0, history: [] });
+    return new Timeline(file, { role: undefined, masterUrl: undefined, highestSeen: 0, history: [] });
   }
 
   get role(): LastRole | undefined {
     return this.data.role;
+  }
+
+  get masterUrl(): string | undefined {
+    return this.data.masterUrl;
   }
 
   get highestSeen(): number {
@@ -74,6 +80,7 @@ export class Timeline {
     this.data.history = [...this.data.history, { epoch, txid: start.txid, checksum: start.checksum }];
     this.data.highestSeen = epoch;
     this.data.role = 'master';
+    this.data.masterUrl = undefined;
     this.save();
   }
 
@@ -94,9 +101,10 @@ export class Timeline {
     return true;
   }
 
-  setRole(role: LastRole): void {
-    if (this.data.role === role) return;
+  setRole(role: LastRole, masterUrl?: string): void {
+    if (this.data.role === role && this.data.masterUrl === masterUrl) return;
     this.data.role = role;
+    this.data.masterUrl = masterUrl;
     this.save();
   }
 
@@ -104,7 +112,7 @@ export class Timeline {
     const tmp = `${this.file}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);
     try {
-      writeSync(fd, JSON.stringify({ role: this.data.role, highest_seen: this.data.highestSeen, history: this.data.history }));
+      writeSync(fd, JSON.stringify({ role: this.data.role, master_url: this.data.masterUrl, highest_seen: this.data.highestSeen, history: this.data.history }));
       fsyncSync(fd);
     } finally {
       closeSync(fd);

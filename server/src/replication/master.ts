@@ -318,7 +318,7 @@ export class ReplicationMaster {
     try {
       let position!: Position;
       let pageCount = 0;
-      writer.write('replication.snapshot', () => {
+      writer.underLock('replication.snapshot', () => {
         this.captureNow();
         position = this.capture.position;
         db.exec('BEGIN');

@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { finished } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from '../log.js';
@@ -522,6 +522,10 @@ export class ReplicationReplica {
     } catch (err) {
       if (err instanceof SnapshotRefusedError) throw this.upstreamRefusal(err.status, err.body as { code?: string; details?: Record<string, unknown> } | undefined);
       throw err;
+    }
+    if (snap.position.epoch < this.opts.timeline.highestSeen) {
+      rmSync(snap.file, { force: true });
+      throw new StaleEpochError(`${this.client.baseUrl} served a snapshot of epoch ${snap.position.epoch}, but epoch ${this.opts.timeline.highestSeen} exists: refused, it is a fenced master`);
     }
     // Only a verified file replaces the copy; the old one served until this moment.
     this.closeCopy('bootstrapping', 'the copy was closed to take a snapshot');

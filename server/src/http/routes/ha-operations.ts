@@ -174,8 +174,9 @@ export function registerClusterOperationRoutes(app: App, { config, role, node }:
       if (!master) throw new DomainError('CONFLICT', `only the master keeps a list of replicas to forget (this node is ${role.state})`);
       const view = master.replicas.get(id);
       if (!view) throw new DomainError('NOT_FOUND', `no replica ${id} is known to this master`);
-      const left = master.connectedReplicas - (view.connected ? 1 : 0);
-      if (left < config.ha.minReplicas) {
+      // A disconnected replica changes nothing for the minimum; a connected one would be one less.
+      const left = master.connectedReplicas - 1;
+      if (view.connected && left < config.ha.minReplicas) {
         throw new DomainError('MIN_REPLICAS', `forgetting ${id} would leave ${left} connected replica(s), fewer than NEBULAGC_MIN_REPLICAS=${config.ha.minReplicas}`);
       }
       master.forget(id);

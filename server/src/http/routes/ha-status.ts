@@ -9,6 +9,7 @@ const replicaSchema = z
     id: z.string(),
     url: z.string().nullable(),
     connected: z.boolean(),
+    candidate: z.boolean(),
     position: z.object({ txid: z.number().int(), checksum: z.string().nullable() }),
     lag: z.object({ transactions: z.number(), bytes: z.number(), ms: z.number() }),
     last_ack_at: z.string().nullable(),

@@ -80,7 +80,10 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
   /** The checks every stream and snapshot request passes first: epoch news, the master role, the secret. */
   const admit = (c: AppContext, q: { replica_id: string; seen_epoch?: number; secret_fp?: string }): Response | undefined => {
     heardOf(q.seen_epoch, `replica ${q.replica_id}`);
-    if (!masterOf()) return notMaster(c);
+    if (!masterOf()) {
+      node.noteRedirected(q.replica_id);
+      return notMaster(c);
+    }
     if (q.secret_fp !== node.fingerprint) {
       deps.log.error({ replica_id: q.replica_id }, 'refused a replica with another NEBULAGC_HMAC_SECRET: every token this master issues would fail there');
       return errorResponse(c, 'SECRET_MISMATCH', 'the replica’s NEBULAGC_HMAC_SECRET differs from this master’s (compared by fingerprint): use the same secret on every node');
