@@ -25,7 +25,8 @@ import { Metrics } from './http/metrics.js';
 import { localRegistrar, remoteRegistrar, type Registrar } from './lighthouse/registrar.js';
 import { LighthouseSupervisor } from './lighthouse/supervisor.js';
 import type { Logger } from './log.js';
-import { InternalClient } from './replication/internal-client.js';
+import { InternalClient } from './replication/wire/internal-client.js';
+import { PATHS } from './replication/wire/protocol.js';
 import { resolveHmacSecret } from './secrets.js';
 
 export interface RunningServer {
@@ -212,7 +213,7 @@ function forwardHeartbeats(role: HaRole, store: Store, master: MasterClient, log
   return (batch) => {
     const client = role.master ? undefined : master.current();
     if (!client) return writeHeartbeats(store, batch);
-    client.json('POST', '/internal/v1/heartbeats', { beats: [...batch] }).then(
+    client.json('POST', PATHS.heartbeats, { beats: [...batch] }).then(
       (r) => {
         if (r.status !== 200) throw new Error(`master answered ${r.status}`);
       },

@@ -9,10 +9,11 @@ import { loadConfig } from '../../server/src/config.js';
 import type { Synchronous } from '../../server/src/db/connection.js';
 import { openStore, type OpenedStore } from '../../server/src/db/open-store.js';
 import { createLogger } from '../../server/src/log.js';
-import { InternalClient } from '../../server/src/replication/internal-client.js';
-import { ReplicationMaster } from '../../server/src/replication/master.js';
-import type { Position } from '../../server/src/replication/record.js';
-import { ReplicationReplica } from '../../server/src/replication/replica.js';
+import { InternalClient } from '../../server/src/replication/wire/internal-client.js';
+import { ReplicationMaster } from '../../server/src/replication/master/master.js';
+import type { Position } from '../../server/src/replication/wire/record.js';
+import { ReplicationReplica } from '../../server/src/replication/replica/replica.js';
+import { HttpUpstream } from '../../server/src/replication/wire/http-upstream.js';
 import { replicationDir } from '../../server/src/server.js';
 import { quietReplicaHooks, replicaIdentity } from '../helpers/replica.js';
 import { TEST_ADMIN_TOKEN, TEST_SECRET } from '../helpers/server.js';
@@ -498,7 +499,7 @@ function follow(masterUrl: string, dir: string, expectedTxs = 0): Follower {
   };
   const dbPath = path.join(dir, 'replica.db');
   f.replica = new ReplicationReplica(
-    client,
+    new HttpUpstream(client),
     { dbPath, dir: replicationDir(dbPath), replicaId: 'bench-replica', advertiseUrl: 'http://127.0.0.1:9', ...replicaIdentity(replicationDir(dbPath)) },
     {
       onCopyChanged: () => undefined,

@@ -1,6 +1,6 @@
 import { secretFingerprint } from '../../server/src/ha/node.js';
 import { Timeline } from '../../server/src/ha/timeline.js';
-import type { ReplicaHooks, ReplicaOptions } from '../../server/src/replication/replica.js';
+import type { ReplicaHooks, ReplicaOptions } from '../../server/src/replication/replica/replica.js';
 import { TEST_SECRET } from './server.js';
 
 /** What a ReplicationReplica built by hand needs besides its paths: the HA identity a server gives it. */

@@ -1,8 +1,8 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { Db } from '../db/connection.js';
-import { readAllPages } from '../replication/capture.js';
-import { DbChecksum } from '../replication/checksum.js';
+import { readAllPages } from '../replication/db-pages.js';
+import { DbChecksum } from '../replication/wire/checksum.js';
 
 /** Where POST /cluster/snapshot writes its files: beside the database. */
 export const backupDir = (dbPath: string): string => `${path.resolve(dbPath)}-backups`;

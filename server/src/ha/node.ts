@@ -6,14 +6,16 @@ import type { MigrationResult } from '../db/migrations.js';
 import { DomainError } from '../domain/errors.js';
 import type { Metrics } from '../http/metrics.js';
 import type { Logger } from '../log.js';
-import { checksumPages } from '../replication/checksum.js';
-import { readAllPages } from '../replication/capture.js';
-import { InternalClient } from '../replication/internal-client.js';
-import { lastLoggedPosition } from '../replication/log.js';
-import { ReplicationMaster } from '../replication/master.js';
-import type { Position } from '../replication/record.js';
-import { PositionFile } from '../replication/position-file.js';
-import { ReplicationReplica, replicaPositionFile, type ReplicaPhase } from '../replication/replica.js';
+import { checksumPages } from '../replication/wire/checksum.js';
+import { readAllPages } from '../replication/db-pages.js';
+import { HttpUpstream } from '../replication/wire/http-upstream.js';
+import { InternalClient } from '../replication/wire/internal-client.js';
+import { PATHS } from '../replication/wire/protocol.js';
+import { lastLoggedPosition } from '../replication/master/replication-log.js';
+import { ReplicationMaster } from '../replication/master/master.js';
+import type { Position } from '../replication/wire/record.js';
+import { PositionFile } from '../replication/replica/position-file.js';
+import { ReplicationReplica, replicaPositionFile, type ReplicaPhase } from '../replication/replica/replica.js';
 import { openDatabase } from '../db/connection.js';
 import { backupDir, writeBackupFile } from './backup-file.js';
 import { keepDivergedCopy, recordDiff } from './quarantine.js';
@@ -127,7 +129,7 @@ export class HaNode {
       }
       if (!replica.position) throw new DomainError('NOT_CAUGHT_UP', 'this replica has no copy of the database to promote');
       role.machine.to('promoting', req.expect ? 'switchover' : req.force ? 'promote (forced)' : 'promote');
-      const previousUpstream = replica.upstream;
+      const previousUpstream = replica.upstreamUrl;
       await this.stopFollowing();
       try {
         await this.openMaster();
@@ -156,7 +158,7 @@ export class HaNode {
     if (role.mode === 'replica' && role.replica) {
       role.setKnownMaster(url, nodeId);
       role.timeline.setRole('replica', url);
-      role.replica.retarget(this.clientFor(url));
+      role.replica.retarget(this.upstreamFor(url));
       log.info({ master: url }, 'following another master');
       return;
     }
@@ -195,7 +197,7 @@ export class HaNode {
       const client = this.clientFor(target.url!);
       let reply;
       try {
-        reply = await client.json('POST', '/internal/v1/ha/promote', { expect: head, timeout_ms: timeoutMs }, timeoutMs + 2000);
+        reply = await client.json('POST', PATHS.promote, { expect: head, timeout_ms: timeoutMs }, timeoutMs + 2000);
       } catch (err) {
         reply = { status: 0, body: { error: (err as Error).message } };
       } finally {
@@ -405,7 +407,7 @@ export class HaNode {
     role.timeline.setRole('replica', url);
     nodes.readFrom(undefined);
     const replica = new ReplicationReplica(
-      this.clientFor(url),
+      this.upstreamFor(url),
       {
         dbPath: config.dbPath,
         dir: this.o.dir,
@@ -444,7 +446,7 @@ export class HaNode {
         onRedirected: (masterUrl) => {
           role.setKnownMaster(masterUrl, undefined);
           role.timeline.setRole('replica', masterUrl);
-          role.replica?.retarget(this.clientFor(masterUrl));
+          role.replica?.retarget(this.upstreamFor(masterUrl));
         },
         onDiverged: async (position, d) => {
           const meta = await keepDivergedCopy({ dbPath: config.dbPath, position, forkTxid: d.forkTxid, masterUrl: d.masterUrl, masterEpoch: d.masterEpoch });
@@ -476,6 +478,10 @@ export class HaNode {
   private clientFor(url: string): InternalClient {
     const { config } = this.o;
     return new InternalClient({ baseUrl: url, secret: config.replication.secret!, tls: config.tls });
+  }
+
+  private upstreamFor(url: string): HttpUpstream {
+    return new HttpUpstream(this.clientFor(url));
   }
 
   /**

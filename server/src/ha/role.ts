@@ -1,6 +1,6 @@
-import type { ReplicationMaster } from '../replication/master.js';
-import type { Position } from '../replication/record.js';
-import type { ReplicationReplica } from '../replication/replica.js';
+import type { ReplicationMaster } from '../replication/master/master.js';
+import type { Position } from '../replication/wire/record.js';
+import type { ReplicationReplica } from '../replication/replica/replica.js';
 import type { HaMode, HaState, HaStateMachine } from './states.js';
 import type { Timeline } from './timeline.js';
 

@@ -1,6 +1,6 @@
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import type { Position } from '../replication/record.js';
+import type { Position } from '../replication/wire/record.js';
 
 /** Epoch `epoch` began right after transaction `txid`, whose database checksum was `checksum`. */
 export interface EpochStart {

@@ -1,7 +1,8 @@
 import { registerBuiltinLighthouse, type RegisterRequest } from '../domain/builtin-lighthouses.js';
 import type { Pki } from '../domain/cluster-ca.js';
 import type { Store } from '../domain/store.js';
-import type { InternalClient } from '../replication/internal-client.js';
+import type { InternalClient } from '../replication/wire/internal-client.js';
+import { PATHS } from '../replication/wire/protocol.js';
 
 /** Gets this server's lighthouse certificate signed and its row written, wherever writes happen. */
 export type Registrar = (req: RegisterRequest) => Promise<void>;
@@ -20,7 +21,7 @@ export const localRegistrar =
 export const remoteRegistrar =
   (client: InternalClient): Registrar =>
   async (req) => {
-    const r = await client.json('POST', '/internal/v1/lighthouses', req, 20_000);
+    const r = await client.json('POST', PATHS.lighthouses, req, 20_000);
     if (r.status !== 200) {
       const message = (r.body as { error?: string } | undefined)?.error ?? JSON.stringify(r.body);
       throw new Error(`the master refused the lighthouse registration (${r.status}): ${message}`);

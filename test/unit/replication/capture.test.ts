@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, statSync } from 'node:fs';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { openDatabase, type Db } from '../../../server/src/db/connection.js';
-import { txPages, WalCapture, type CapturedTx } from '../../../server/src/replication/capture.js';
-import { checksumPages, DbChecksum } from '../../../server/src/replication/checksum.js';
+import { txPages, WalCapture, type CapturedTx } from '../../../server/src/replication/master/capture.js';
+import { checksumPages, DbChecksum } from '../../../server/src/replication/wire/checksum.js';
 import { integrityOf, openMaster, pagesOf, randomBytes, rng, tempDir, type TempDir } from './fixtures.js';
 
 /**

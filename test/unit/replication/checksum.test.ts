@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { Db } from '../../../server/src/db/connection.js';
-import { checksumHex, checksumPages, DbChecksum, pageHash } from '../../../server/src/replication/checksum.js';
+import { checksumHex, checksumPages, DbChecksum, pageHash } from '../../../server/src/replication/wire/checksum.js';
 import { openMaster, pageCount, pageSize, randomBytes, readPages, rng, tempDir, type TempDir } from './fixtures.js';
 
 type Page = { pgno: number; data: Buffer };

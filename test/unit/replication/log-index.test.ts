@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { checksumHex } from '../../../server/src/replication/checksum.js';
-import { LogIndex, type IndexEntry } from '../../../server/src/replication/log-index.js';
+import { checksumHex } from '../../../server/src/replication/wire/checksum.js';
+import { LogIndex, type IndexEntry } from '../../../server/src/replication/master/log-index.js';
 
 /** A distinct entry per txid, so any slot mix-up shows. */
 const entry = (txid: number, withBuf = false): IndexEntry => ({

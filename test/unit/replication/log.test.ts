@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, it } from 'node:test';
-import { checksumHex } from '../../../server/src/replication/checksum.js';
-import { ReplicationLog, type LogLimits } from '../../../server/src/replication/log.js';
-import { decodeRecord, encodeTx } from '../../../server/src/replication/record.js';
+import { checksumHex } from '../../../server/src/replication/wire/checksum.js';
+import { ReplicationLog, type LogLimits } from '../../../server/src/replication/master/replication-log.js';
+import { decodeRecord, encodeTx } from '../../../server/src/replication/wire/record.js';
 import { randomBytes, rng, tempDir, type TempDir } from './fixtures.js';
 
 const PAGE = 64;

@@ -4,9 +4,9 @@ import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { openStore, type OpenedStore } from '../../../server/src/db/open-store.js';
 import { createLogger } from '../../../server/src/log.js';
-import { checksumPages } from '../../../server/src/replication/checksum.js';
-import { ReplicationMaster } from '../../../server/src/replication/master.js';
-import { decodeRecord, isDelta, RECORD_TX } from '../../../server/src/replication/record.js';
+import { checksumPages } from '../../../server/src/replication/wire/checksum.js';
+import { ReplicationMaster } from '../../../server/src/replication/master/master.js';
+import { decodeRecord, isDelta, RECORD_TX } from '../../../server/src/replication/wire/record.js';
 import { pagesOf, tempDir, type TempDir } from './fixtures.js';
 
 const SECRET = 'master-test-secret-0123456789abcdef0123';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { applyDelta, deltaBytes, DeltaError, diffPage, PageImages, writeDelta } from '../../../server/src/replication/page-delta.js';
+import { applyDelta, deltaBytes, DeltaError, diffPage, PageImages, writeDelta } from '../../../server/src/replication/wire/page-delta.js';
 import { randomBytes, rng } from './fixtures.js';
 
 const next = rng(29);

@@ -10,9 +10,9 @@ import {
   isDelta,
   RecordFramer,
   type TxInput,
-} from '../../../server/src/replication/record.js';
-import { pageHash } from '../../../server/src/replication/checksum.js';
-import { applyDelta, PageImages } from '../../../server/src/replication/page-delta.js';
+} from '../../../server/src/replication/wire/record.js';
+import { pageHash } from '../../../server/src/replication/wire/checksum.js';
+import { applyDelta, PageImages } from '../../../server/src/replication/wire/page-delta.js';
 import { randomBytes, rng } from './fixtures.js';
 
 const next = rng(11);

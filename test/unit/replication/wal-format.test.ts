@@ -11,8 +11,8 @@ import {
   type CommittedTx,
   type ScanState,
   type WalHeader,
-} from '../../../server/src/replication/wal-format.js';
-import { pageHash } from '../../../server/src/replication/checksum.js';
+} from '../../../server/src/replication/master/wal-format.js';
+import { pageHash } from '../../../server/src/replication/wire/checksum.js';
 import { openMaster, pageCount, pageSize, randomBytes, readPages, rng, tempDir, type TempDir } from './fixtures.js';
 
 /** A reference WAL checksum written from the format description, independent of the module. */

@@ -1,8 +1,9 @@
 import { z } from '@hono/zod-openapi';
 import { DomainError } from '../../domain/errors.js';
-import type { ReplicationMaster } from '../../replication/master.js';
-import { RECORD_FORMAT } from '../../replication/record.js';
-import { replicationStream, snapshotStream } from '../../replication/stream-server.js';
+import type { ReplicationMaster } from '../../replication/master/master.js';
+import { HEADERS, PATHS } from '../../replication/wire/protocol.js';
+import { RECORD_FORMAT } from '../../replication/wire/record.js';
+import { replicationStream, snapshotStream } from '../../replication/master/stream-server.js';
 import { idSchema, portSchema, publicKeySchema } from '../../domain/validation.js';
 import { registerBuiltinLighthouse } from '../../domain/builtin-lighthouses.js';
 import { pkiFrom } from '../../domain/cluster-ca.js';
@@ -92,7 +93,7 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
     return undefined;
   };
 
-  app.get('/internal/v1/replication/stream', (c) => {
+  app.get(PATHS.stream, (c) => {
     const q = parse(positionQuery, c.req.query());
     if (q.format !== RECORD_FORMAT) {
       // Not 409: a replica of any version takes that as "take a snapshot", which would not help.
@@ -127,17 +128,17 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
         'content-type': 'application/vnd.nebulagc.replication-stream',
         'cache-control': 'no-store',
         'x-accel-buffering': 'no',
-        'x-nebulagc-advertise-url': role.selfUrl,
-        'x-nebulagc-node-id': config.nodeId,
-        'x-nebulagc-epoch': String(master.position.epoch),
-        'x-nebulagc-history': JSON.stringify(role.timeline.history),
-        'x-nebulagc-record-format': String(RECORD_FORMAT),
+        [HEADERS.advertiseUrl]: role.selfUrl,
+        [HEADERS.nodeId]: config.nodeId,
+        [HEADERS.epoch]: String(master.position.epoch),
+        [HEADERS.history]: JSON.stringify(role.timeline.history),
+        [HEADERS.recordFormat]: String(RECORD_FORMAT),
         'x-request-id': c.get('requestId'),
       },
     });
   });
 
-  app.get('/internal/v1/replication/snapshot', (c) => {
+  app.get(PATHS.snapshot, (c) => {
     const refused = admit(c, parse(snapshotQuery, c.req.query()));
     if (refused) return refused;
     const master = masterOf()!;
@@ -155,7 +156,7 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
     });
   });
 
-  app.post('/internal/v1/replication/ack', async (c) => {
+  app.post(PATHS.ack, async (c) => {
     const a = parse(ackBody, await c.req.json());
     heardOf(a.seen_epoch, `replica ${a.replica_id}`);
     const master = masterOf();
@@ -165,20 +166,20 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
   });
 
   // A switchover's master asks its target to take over once it holds exactly `expect`.
-  app.post('/internal/v1/ha/promote', async (c) => {
+  app.post(PATHS.promote, async (c) => {
     const req = parse(promoteBody, await c.req.json());
     return c.json(await node.promote({ expect: req.expect, timeoutMs: req.timeout_ms }), 200);
   });
 
   // A replica's built-in lighthouse: the master signs its key and writes its row.
-  app.post('/internal/v1/lighthouses', async (c) => {
+  app.post(PATHS.lighthouses, async (c) => {
     if (!role.takesWrites) return notMaster(c);
     const req = parse(lighthouseRegistration, await c.req.json());
     return c.json(await registerBuiltinLighthouse(store, pki, req), 200);
   });
 
   // Replicas batch the heartbeats daemons send them and forward them here.
-  app.post('/internal/v1/heartbeats', async (c) => {
+  app.post(PATHS.heartbeats, async (c) => {
     if (!role.takesWrites) return notMaster(c);
     const { beats } = parse(heartbeatBatch, await c.req.json());
     const batch = new Map<string, string>();

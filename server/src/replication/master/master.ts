@@ -1,14 +1,14 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { openDatabase, type Db, type Synchronous } from '../db/connection.js';
-import type { Writer } from '../db/writer.js';
-import type { Logger } from '../log.js';
-import { BackgroundCheckpointer, FINAL_STEP_PAGES, MAX_BACKGROUND_PASSES } from './background-checkpointer.js';
+import { openDatabase, type Db, type Synchronous } from '../../db/connection.js';
+import type { Writer } from '../../db/writer.js';
+import type { Logger } from '../../log.js';
+import { BackgroundCheckpointer, FINAL_STEP_PAGES, MAX_BACKGROUND_PASSES } from '../background-checkpointer.js';
 import { WalCapture, type CapturedTx } from './capture.js';
-import { ReplicationLog } from './log.js';
-import { PageImages } from './page-delta.js';
-import { encodeHeartbeat, encodeTxInto, txRecordBytes, type Position } from './record.js';
-import { locate, type EpochStart, type PositionVerdict } from '../ha/timeline.js';
+import { ReplicationLog } from './replication-log.js';
+import { PageImages } from '../wire/page-delta.js';
+import { encodeHeartbeat, encodeTxInto, txRecordBytes, type Position } from '../wire/record.js';
+import { locate, type EpochStart, type PositionVerdict } from '../../ha/timeline.js';
 
 /**
  * Memory for the images pages are diffed against. A control plane's database is mostly a few

@@ -1,12 +1,12 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { finished } from 'node:stream';
 import path from 'node:path';
-import type { Logger } from '../log.js';
+import type { Logger } from '../../log.js';
 import { Applier, ApplyError } from './applier.js';
-import { describeError, errorBodyOf, type InternalClient } from './internal-client.js';
-import { CorruptRecordError, decodeRecord, RecordFramer, RECORD_FORMAT, RECORD_HEARTBEAT, RECORD_TX, type Position, type TxRecord } from './record.js';
-import { downloadSnapshot, installSnapshot, SnapshotRefusedError } from './snapshot-client.js';
-import type { EpochStart, Timeline } from '../ha/timeline.js';
+import { UpstreamRefusal, type OpenedStream, type Peer, type Upstream } from '../wire/protocol.js';
+import { CorruptRecordError, decodeRecord, RecordFramer, RECORD_FORMAT, RECORD_HEARTBEAT, RECORD_TX, type Position, type TxRecord } from '../wire/record.js';
+import { downloadSnapshot, installSnapshot } from './snapshot-client.js';
+import type { Timeline } from '../../ha/timeline.js';
 
 export interface ReplicaOptions {
   dbPath: string;
@@ -99,7 +99,7 @@ export class ReplicationReplica {
   private readonly warn = (msg: string): void => this.log.warn(msg);
 
   constructor(
-    private client: InternalClient,
+    private upstream: Upstream,
     private readonly opts: ReplicaOptions,
     private readonly hooks: ReplicaHooks,
     private readonly log: Logger,
@@ -125,16 +125,16 @@ export class ReplicationReplica {
   }
 
   /** The node this replica streams from. */
-  get upstream(): string {
-    return this.client.baseUrl;
+  get upstreamUrl(): string {
+    return this.upstream.url;
   }
 
   /** Follows another master from the next connection on (the current stream ends now). */
-  retarget(client: InternalClient): void {
-    const old = this.client;
-    this.client = client;
+  retarget(upstream: Upstream): void {
+    const old = this.upstream;
+    this.upstream = upstream;
     this.masterPosition = undefined;
-    this.abort?.abort(new Error(`now following ${client.baseUrl}`));
+    this.abort?.abort(new Error(`now following ${upstream.url}`));
     old.close();
   }
 
@@ -171,6 +171,8 @@ export class ReplicationReplica {
   async stop(): Promise<void> {
     this.running = false;
     this.abort?.abort();
+    // A promotion waits for this: it must not wait out a reconnect backoff of up to 10 s.
+    this.wakeFromBackoff?.();
     clearTimeout(this.ackTimer);
     await this.loop;
     for (const w of this.waiters) {
@@ -181,6 +183,7 @@ export class ReplicationReplica {
     if (this.applier) this.retire(this.applier);
     this.applier = undefined;
     await this.closing;
+    this.upstream.close();
   }
 
   /** Resolves true once the copy reaches `txid`, false after `timeoutMs`. */
@@ -197,6 +200,21 @@ export class ReplicationReplica {
         }, timeoutMs),
       };
       this.waiters.push(w);
+    });
+  }
+
+  private wakeFromBackoff: (() => void) | undefined;
+
+  /** Waits `ms` before reconnecting, or until stop(). */
+  private backoff(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.wakeFromBackoff?.(), ms);
+      timer.unref();
+      this.wakeFromBackoff = () => {
+        clearTimeout(timer);
+        this.wakeFromBackoff = undefined;
+        resolve();
+      };
     });
   }
 
@@ -231,11 +249,11 @@ export class ReplicationReplica {
           this.log.error({ err: (err as Error).message, position: this.position }, 'replication stream rejected: the copy will resync from a snapshot');
           this.closeCopy('broken', (err as Error).message);
         } else if (err instanceof UpstreamError || err instanceof StaleEpochError) {
-          this.log.error({ err: err.message, upstream: this.client.baseUrl, retry_ms: backoff }, 'the upstream refused this replica');
+          this.log.error({ err: err.message, upstream: this.upstream.url, retry_ms: backoff }, 'the upstream refused this replica');
         } else {
           this.log.warn({ err: (err as Error).message, retry_ms: backoff }, 'replication stream failed; reconnecting');
         }
-        await sleep(backoff / 2 + Math.random() * backoff);
+        await this.backoff(backoff / 2 + Math.random() * backoff);
         backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
       }
     }
@@ -245,55 +263,42 @@ export class ReplicationReplica {
   private async stream(): Promise<{ kind: 'ended' | 'snapshot' } | { kind: 'diverged'; divergence: Divergence }> {
     const pos = this.position!;
     const timeline = this.opts.timeline;
-    const q = new URLSearchParams({
-      from: String(pos.txid),
-      epoch: String(pos.epoch),
-      checksum: pos.checksum,
-      seen_epoch: String(timeline.highestSeen),
-      replica_id: this.opts.replicaId,
-      replica_url: this.opts.advertiseUrl,
-      format: String(RECORD_FORMAT),
-      secret_fp: this.opts.secretFingerprint,
-      candidate: String(this.opts.candidate),
-    });
     this.abort = new AbortController();
     if (!this.running) this.abort.abort();
-    const res = await this.client.open('GET', `/internal/v1/replication/stream?${q}`, undefined, this.abort.signal);
-    if (res.statusCode !== 200) {
-      const body = (await errorBodyOf(res)) as { code?: string; details?: Record<string, unknown> } | undefined;
-      if (res.statusCode === 409 && body?.code === 'SNAPSHOT_REQUIRED') {
-        const verdict = body.details?.verdict as { kind?: string; forkTxid?: number; transactions?: number } | undefined;
+    let opened: OpenedStream;
+    try {
+      opened = await this.upstream.stream(pos, RECORD_FORMAT, this.peer(), this.abort.signal);
+    } catch (err) {
+      if (!(err instanceof UpstreamRefusal)) throw err;
+      if (err.status === 409 && err.code === 'SNAPSHOT_REQUIRED') {
+        const verdict = err.details.verdict as { kind?: string; forkTxid?: number; transactions?: number } | undefined;
         if (verdict?.kind === 'diverged') {
-          const master = body.details?.master as Position | undefined;
+          const master = err.details.master as Position | undefined;
           return {
             kind: 'diverged',
-            divergence: { forkTxid: verdict.forkTxid ?? 0, transactions: verdict.transactions ?? 0, masterUrl: this.client.baseUrl, masterEpoch: master?.epoch },
+            divergence: { forkTxid: verdict.forkTxid ?? 0, transactions: verdict.transactions ?? 0, masterUrl: this.upstream.url, masterEpoch: master?.epoch },
           };
         }
         return { kind: 'snapshot' };
       }
-      throw this.upstreamRefusal(res.statusCode ?? 0, body);
+      throw this.explain(err);
     }
+    const res = opened.body;
     // A master of an older release names no format and ignores ours. Its records would read as
     // damaged and cost the copy; this way the copy keeps serving until both sides match.
-    const format = res.headers['x-nebulagc-record-format'];
-    if (format !== String(RECORD_FORMAT)) {
+    if (opened.format !== String(RECORD_FORMAT)) {
       res.destroy();
-      throw new Error(`the master sends record format ${format ?? '2 or older'}, this replica reads ${RECORD_FORMAT}: run the same version on master and replicas`);
+      throw new Error(`the master sends record format ${opened.format ?? '2 or older'}, this replica reads ${RECORD_FORMAT}: run the same version on master and replicas`);
     }
-    const masterEpoch = Number(res.headers['x-nebulagc-epoch']);
-    if (masterEpoch < timeline.highestSeen) {
+    if (opened.epoch < timeline.highestSeen) {
       res.destroy();
-      throw new UpstreamError(`${this.client.baseUrl} is a master of epoch ${masterEpoch}, but epoch ${timeline.highestSeen} exists: it is a stale master, and this replica will not follow it`);
+      throw new UpstreamError(`${this.upstream.url} is a master of epoch ${opened.epoch}, but epoch ${timeline.highestSeen} exists: it is a stale master, and this replica will not follow it`);
     }
-    const history = res.headers['x-nebulagc-history'];
-    if (typeof history === 'string') timeline.adopt(JSON.parse(history) as EpochStart[]);
-    const advertised = res.headers['x-nebulagc-advertise-url'];
-    const nodeId = res.headers['x-nebulagc-node-id'];
-    if (typeof advertised === 'string') this.hooks.onMasterAdvertised(advertised, typeof nodeId === 'string' ? nodeId : undefined);
+    if (opened.history) timeline.adopt(opened.history);
+    if (opened.advertiseUrl) this.hooks.onMasterAdvertised(opened.advertiseUrl, opened.nodeId);
     this.connected = true;
     this.lastContactMs = Date.now();
-    this.log.info({ from: pos.txid, master: this.client.baseUrl }, 'following the master');
+    this.log.info({ from: pos.txid, master: this.upstream.url }, 'following the master');
     const framer = new RecordFramer(MAX_RECORD_BYTES);
     // Heartbeats come every 500 ms; a stream without a complete record for longer than the
     // timeout is dead or wedged (a damaged length prefix waits for bytes that never come).
@@ -329,10 +334,10 @@ export class ReplicationReplica {
    * Why the upstream would not stream, in words an operator can act on. A node that is not the
    * master may name the one it follows: then this replica follows that one.
    */
-  private upstreamRefusal(status: number, body: { code?: string; details?: Record<string, unknown> } | undefined): Error {
-    const upstream = this.client.baseUrl;
-    const d = body?.details ?? {};
-    if (body?.code === 'NOT_MASTER') {
+  private explain(refusal: UpstreamRefusal): Error {
+    const upstream = this.upstream.url;
+    const d = refusal.details;
+    if (refusal.code === 'NOT_MASTER') {
       if (d.node_id === this.opts.replicaId) return new UpstreamError(`NEBULAGC_MASTER_URL (${upstream}) points at this node itself: point it at the master`);
       const named = typeof d.master_url === 'string' ? d.master_url : undefined;
       if (named && named !== upstream && d.master_url !== this.opts.advertiseUrl) {
@@ -342,8 +347,18 @@ export class ReplicationReplica {
       }
       return new UpstreamError(`${upstream} is not the master (${String(d.ha_state ?? 'unknown state')}) and knows no master to name: point NEBULAGC_MASTER_URL at the master`);
     }
-    if (body?.code === 'SECRET_MISMATCH') return new UpstreamError(`${upstream} uses another NEBULAGC_HMAC_SECRET than this replica: tokens it signs would fail here with 401. Use the same secret on every node`);
-    return new Error(`stream request answered ${status}${describeError(body)}`);
+    if (refusal.code === 'SECRET_MISMATCH') return new UpstreamError(`${upstream} uses another NEBULAGC_HMAC_SECRET than this replica: tokens it signs would fail here with 401. Use the same secret on every node`);
+    return refusal;
+  }
+
+  private peer(): Peer {
+    return {
+      replicaId: this.opts.replicaId,
+      replicaUrl: this.opts.advertiseUrl,
+      secretFp: this.opts.secretFingerprint,
+      seenEpoch: this.opts.timeline.highestSeen,
+      candidate: this.opts.candidate,
+    };
   }
 
   private takeRecords(records: Buffer[]): void {
@@ -486,8 +501,8 @@ export class ReplicationReplica {
       const pos = this.durablePosition;
       if (!pos) return;
       this.ackInFlight = true;
-      this.client
-        .json('POST', '/internal/v1/replication/ack', { replica_id: this.opts.replicaId, ...pos, seen_epoch: this.opts.timeline.highestSeen })
+      this.upstream
+        .ack(this.opts.replicaId, pos, this.opts.timeline.highestSeen)
         .catch((err: unknown) => this.log.debug({ err: (err as Error).message }, 'ack failed'))
         .finally(() => {
           this.ackInFlight = false;
@@ -515,17 +530,15 @@ export class ReplicationReplica {
 
   private async takeSnapshot(): Promise<void> {
     this.abort = new AbortController();
-    const query = new URLSearchParams({ replica_id: this.opts.replicaId, secret_fp: this.opts.secretFingerprint, seen_epoch: String(this.opts.timeline.highestSeen) });
     let snap;
     try {
-      snap = await downloadSnapshot(this.client, this.opts.dbPath, this.log, this.abort.signal, query);
+      snap = await downloadSnapshot(await this.upstream.snapshot(this.peer(), this.abort.signal), this.opts.dbPath, this.log);
     } catch (err) {
-      if (err instanceof SnapshotRefusedError) throw this.upstreamRefusal(err.status, err.body as { code?: string; details?: Record<string, unknown> } | undefined);
-      throw err;
+      throw err instanceof UpstreamRefusal ? this.explain(err) : err;
     }
     if (snap.position.epoch < this.opts.timeline.highestSeen) {
       rmSync(snap.file, { force: true });
-      throw new StaleEpochError(`${this.client.baseUrl} served a snapshot of epoch ${snap.position.epoch}, but epoch ${this.opts.timeline.highestSeen} exists: refused, it is a fenced master`);
+      throw new StaleEpochError(`${this.upstream.url} served a snapshot of epoch ${snap.position.epoch}, but epoch ${this.opts.timeline.highestSeen} exists: refused, it is a fenced master`);
     }
     // Only a verified file replaces the copy; the old one served until this moment.
     this.closeCopy('bootstrapping', 'the copy was closed to take a snapshot');
@@ -549,4 +562,3 @@ export class UpstreamError extends Error {}
 /** Where a replica keeps its position, beside the database. */
 export const replicaPositionFile = (dir: string): string => path.join(dir, 'replica.position');
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());

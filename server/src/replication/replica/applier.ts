@@ -1,12 +1,12 @@
 import { existsSync } from 'node:fs';
 import type { Statement } from 'better-sqlite3';
-import type { Db } from '../db/connection.js';
-import { BackgroundCheckpointer, FINAL_STEP_PAGES, MAX_BACKGROUND_PASSES } from './background-checkpointer.js';
+import type { Db } from '../../db/connection.js';
+import { BackgroundCheckpointer, FINAL_STEP_PAGES, MAX_BACKGROUND_PASSES } from '../background-checkpointer.js';
 import { imageStamp, openApplierConnection, StampFollower } from './page-one-stamps.js';
-import { readAllPages } from './capture.js';
-import { DbChecksum, pageHash } from './checksum.js';
-import { applyDelta } from './page-delta.js';
-import { isDelta, type PageEntry, type Position, type TxRecord } from './record.js';
+import { readAllPages } from '../db-pages.js';
+import { DbChecksum, pageHash } from '../wire/checksum.js';
+import { applyDelta } from '../wire/page-delta.js';
+import { isDelta, type PageEntry, type Position, type TxRecord } from '../wire/record.js';
 import { PositionFile } from './position-file.js';
 import { WalSync } from './wal-sync.js';
 

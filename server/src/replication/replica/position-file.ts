@@ -1,7 +1,7 @@
 import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { PacedSync } from './paced-sync.js';
-import type { Position } from './record.js';
+import { PacedSync } from '../paced-sync.js';
+import type { Position } from '../wire/record.js';
 
 const SLOT_BYTES = 512;
 /**

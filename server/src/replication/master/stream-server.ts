@@ -1,5 +1,5 @@
 import type { ReplicaView, ReplicationMaster, Snapshot } from './master.js';
-import { encodeSnapshotHeader } from './record.js';
+import { encodeSnapshotHeader } from '../wire/record.js';
 
 /** Bytes queued for one replica before the master stops pulling from the log for it. */
 const HIGH_WATER_BYTES = 8 * 1024 * 1024;

@@ -1,10 +1,10 @@
 import { mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writevSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { Checksum } from './checksum.js';
+import type { Checksum } from '../wire/checksum.js';
 import { LogIndex } from './log-index.js';
-import { PacedSync } from './paced-sync.js';
-import { decodeRecord, RECORD_TX, RecordFramer, type Position } from './record.js';
+import { PacedSync } from '../paced-sync.js';
+import { decodeRecord, RECORD_TX, RecordFramer, type Position } from '../wire/record.js';
 
 export interface LogLimits {
   /** Bytes of segment files kept on disk. */

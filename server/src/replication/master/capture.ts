@@ -1,9 +1,10 @@
 import { fstatSync, openSync, readSync } from 'node:fs';
 import type { Statement } from 'better-sqlite3';
-import type { Db } from '../db/connection.js';
-import { DbChecksum } from './checksum.js';
-import type { PageImage, Position } from './record.js';
-import { PacedSync } from './paced-sync.js';
+import type { Db } from '../../db/connection.js';
+import { DbChecksum } from '../wire/checksum.js';
+import type { PageImage, Position } from '../wire/record.js';
+import { PacedSync } from '../paced-sync.js';
+import { readAllPages } from '../db-pages.js';
 import { parseWalHeader, scanFrames, WAL_HEADER_BYTES, type Frame, type ScanState, type WalHeader } from './wal-format.js';
 
 export interface CapturedTx extends Position {
@@ -66,14 +67,6 @@ export function txPages(frames: Frame[], copy: boolean): PageImage[] {
   }
   if (page1) list.push(page1);
   return list;
-}
-
-/** Reads every page of the database through `db` (its current snapshot). */
-export function* readAllPages(db: Db): Generator<PageImage> {
-  for (const row of db.prepare('SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno').iterate()) {
-    const r = row as { pgno: number; data: Buffer };
-    yield { pgno: r.pgno, data: r.data };
-  }
 }
 
 /**

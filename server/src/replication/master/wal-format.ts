@@ -4,7 +4,7 @@
  * the checksums run over 32-bit words whose byte order the header's magic number selects.
  * Pure functions, no I/O.
  */
-import { finishPageHashA, finishPageHashB, pageHash, pageHashSeed0, pageHashSeed1 } from './checksum.js';
+import { finishPageHashA, finishPageHashB, pageHash, pageHashSeed0, pageHashSeed1 } from '../wire/checksum.js';
 
 export const WAL_HEADER_BYTES = 32;
 export const FRAME_HEADER_BYTES = 24;

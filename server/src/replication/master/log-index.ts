@@ -1,4 +1,4 @@
-import { checksumHex, type Checksum } from './checksum.js';
+import { checksumHex, type Checksum } from '../wire/checksum.js';
 
 export interface IndexEntry {
   epoch: number;

@@ -1,6 +1,6 @@
 import { closeSync, fsyncSync, openSync, readSync, writeSync } from 'node:fs';
 import type { Statement } from 'better-sqlite3';
-import { openDatabase, type Db } from '../db/connection.js';
+import { openDatabase, type Db } from '../../db/connection.js';
 
 /**
  * Keeping page 1 byte-identical. At every commit that writes page 1, SQLite stamps it (bytes

@@ -1,9 +1,9 @@
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import type { Logger } from '../log.js';
-import { DbChecksum } from './checksum.js';
-import { describeError, errorBodyOf, type InternalClient } from './internal-client.js';
-import { decodeRecord, RECORD_SNAPSHOT, type Position } from './record.js';
+import type { Logger } from '../../log.js';
+import { DbChecksum } from '../wire/checksum.js';
+import type { OpenedSnapshot } from '../wire/protocol.js';
+import { decodeRecord, RECORD_SNAPSHOT, type Position } from '../wire/record.js';
 
 export interface DownloadedSnapshot {
   file: string;
@@ -19,18 +19,11 @@ const PROGRESS_EVERY_BYTES = 64 * 1024 * 1024;
  * checksum as it arrives; then fsyncs it. The live copy is not touched: an interrupted or
  * corrupt download leaves it serving, and only a verified file is returned.
  */
-export async function downloadSnapshot(
-  client: InternalClient,
-  dbPath: string,
-  log: Logger,
-  signal: AbortSignal | undefined,
-  query: URLSearchParams,
-): Promise<DownloadedSnapshot> {
+export async function downloadSnapshot(snapshot: OpenedSnapshot, dbPath: string, log: Logger): Promise<DownloadedSnapshot> {
   const tmp = `${dbPath}.snapshot-tmp`;
   rmSync(tmp, { force: true });
-  const res = await client.open('GET', `/internal/v1/replication/snapshot?${query}`, undefined, signal);
-  if (res.statusCode !== 200) throw new SnapshotRefusedError(res.statusCode ?? 0, await errorBodyOf(res));
-  const total = Number(res.headers['content-length'] ?? NaN);
+  const res = snapshot.body;
+  const total = snapshot.contentLength;
   const fd = openSync(tmp, 'w', 0o600);
   try {
     let head = Buffer.alloc(0);
@@ -112,12 +105,3 @@ export function installSnapshot(snapshot: DownloadedSnapshot, dbPath: string): v
   }
 }
 
-/** The upstream would not serve a snapshot; `body` is its JSON error, for the replica to explain. */
-export class SnapshotRefusedError extends Error {
-  constructor(
-    readonly status: number,
-    readonly body: unknown,
-  ) {
-    super(`snapshot request answered ${status}${describeError(body)}`);
-  }
-}
