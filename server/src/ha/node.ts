@@ -1,4 +1,4 @@
-import { createHmac } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import type { Config } from '../config.js';
 import type { NodeStore } from '../db/open-store.js';
@@ -71,6 +71,8 @@ export class HaNode {
   /** Replicas this node, no longer master, has answered with the master's URL. */
   private readonly redirected = new Set<string>();
   readonly fingerprint: string;
+  /** This process, as told apart from any other (node ids may repeat: the default is the hostname). */
+  readonly instanceId = randomUUID();
 
   constructor(
     private readonly o: HaNodeOptions,
@@ -414,6 +416,7 @@ export class HaNode {
         replicaId: config.nodeId,
         advertiseUrl: role.selfUrl,
         secretFingerprint: this.fingerprint,
+        instanceId: this.instanceId,
         candidate: config.ha.candidate,
         timeline: role.timeline,
       },

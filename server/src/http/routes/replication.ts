@@ -69,6 +69,7 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
   const notMaster = (c: AppContext): Response =>
     errorResponse(c, 'NOT_MASTER', `this node is not the master (${role.state})`, {
       node_id: config.nodeId,
+      instance_id: node.instanceId,
       ha_state: role.state,
       master_url: role.masterUrl === role.selfUrl ? null : (role.masterUrl ?? null),
     });
@@ -89,7 +90,6 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
       deps.log.error({ replica_id: q.replica_id }, 'refused a replica with another NEBULAGC_HMAC_SECRET: every token this master issues would fail there');
       return errorResponse(c, 'SECRET_MISMATCH', 'the replica’s NEBULAGC_HMAC_SECRET differs from this master’s (compared by fingerprint): use the same secret on every node');
     }
-    if (q.replica_id === config.nodeId) return errorResponse(c, 'VALIDATION_FAILED', `replica_id ${q.replica_id} is this master's own node id: give every node its own NEBULAGC_NODE_ID`);
     return undefined;
   };
 

@@ -15,6 +15,8 @@ export interface ReplicaOptions {
   advertiseUrl: string;
   /** Identifies the HMAC secret without revealing it: a master with another secret refuses the stream. */
   secretFingerprint: string;
+  /** This process's instance id: an upstream answering with it is this node itself. */
+  instanceId?: string;
   /** Whether this node may be promoted; the master lists it in /cluster/peers. */
   candidate: boolean;
   timeline: Timeline;
@@ -338,7 +340,7 @@ export class ReplicationReplica {
     const upstream = this.upstream.url;
     const d = refusal.details;
     if (refusal.code === 'NOT_MASTER') {
-      if (d.node_id === this.opts.replicaId) return new UpstreamError(`NEBULAGC_MASTER_URL (${upstream}) points at this node itself: point it at the master`);
+      if (this.opts.instanceId !== undefined && d.instance_id === this.opts.instanceId) return new UpstreamError(`NEBULAGC_MASTER_URL (${upstream}) points at this node itself: point it at the master`);
       const named = typeof d.master_url === 'string' ? d.master_url : undefined;
       if (named && named !== upstream && d.master_url !== this.opts.advertiseUrl) {
         this.log.warn({ upstream, role: d.ha_state, master: named }, `${upstream} is not the master (${String(d.ha_state)}); following the master it names, ${named}`);
