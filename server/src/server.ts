@@ -91,8 +91,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     nodes.close();
     throw err;
   }
-  if (migration) {
-    if (migration.applied.length > 0) log.info({ from: migration.from, to: migration.to }, 'database migrated');
+  if (migration && migration.applied.length > 0) log.info({ from: migration.from, to: migration.to }, 'database migrated');
+  // Start-up upkeep writes; a master that starts fenced leaves it to the next master.
+  if (migration && role.takesWrites) {
     const backfilled = await backfillTemplateText(store, log);
     if (backfilled > 0) log.info({ bundles: backfilled }, 'stored the config.yml text of bundles uploaded before it was kept');
     const rendered = renderUnrenderedNodes(store);

@@ -259,6 +259,12 @@ describe('runtime roles', { timeout: 240_000 }, () => {
     assert.equal(w.headers.get('retry-after'), '1');
     assert.equal((await health(n1)).ha_state, 'master.fenced');
     assert.equal(await metric(n1, /^nebulagc_ha_state_transitions_total\{from_state="master.serving",to_state="master.fenced"\}/), 1);
+    // A restart does not unfence it: the newer epoch is on disk.
+    await n1.stop('SIGINT');
+    const again = await n1.restart();
+    nodes.push(again);
+    assert.ok(await waitUntil(async () => (await health(again)).ha_state === 'master.fenced', 10_000), again.output());
+    assert.equal((await call(again.url, 'POST', '/api/v1/tenants', { headers: op, json: { name: 'after-restart' } })).status, 503);
   });
 
   it('SIGTERM on a master hands over to a caught-up replica first: no acknowledged write lost; restarted, it follows', async () => {

@@ -399,6 +399,8 @@ export class HaNode {
     role.master = master;
     role.knownMaster = undefined;
     role.machine.to('master.serving');
+    // It was fenced before it stopped: a newer epoch exists, and a restart does not undo that.
+    if (timeline.highestSeen > epoch) this.fence(`epoch ${timeline.highestSeen} exists, newer than this master's ${epoch}: it was fenced before it stopped`);
     return migration;
   }
 
