@@ -3,8 +3,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { createLogger } from '../../server/src/log.js';
-import { HaStateMachine, TransitionError } from '../../server/src/ha/states.js';
+import { HaStateMachine, TRANSITIONS, TransitionError } from '../../server/src/ha/states.js';
 import { locate, Timeline, type EpochStart } from '../../server/src/ha/timeline.js';
 
 const c = (n: number): string => n.toString(16).padStart(16, '0');
@@ -91,6 +92,15 @@ describe('Timeline', () => {
 });
 
 describe('HaStateMachine', () => {
+  it('docs/HA.md lists exactly the transitions of TRANSITIONS, with their meanings', () => {
+    const doc = readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../docs/HA.md'), 'utf8');
+    const norm = (t: string): string => t.replace(/’/g, "'").replace(/\.$/, '').toLowerCase();
+    const documented = [...doc.matchAll(/^\| `([a-z.]+)` \| `([a-z.]+)` \| (.+) \|$/gm)].map((m) => `${m[1]} -> ${m[2]}: ${norm(m[3]!)}`);
+    const coded = Object.entries(TRANSITIONS).flatMap(([from, tos]) => Object.entries(tos).map(([to, meaning]) => `${from} -> ${to}: ${norm(meaning!)}`));
+    assert.deepEqual(documented, coded);
+  });
+
+
   it('allows only the transitions in the table, and tells its listeners once per change', () => {
     const m = new HaStateMachine('starting', createLogger('silent'));
     const seen: string[] = [];

@@ -60,6 +60,8 @@ export const TRANSITIONS: Record<HaState, Partial<Record<HaState, string>>> = {
   promoting: {
     'master.serving': 'the writer is open on a new epoch',
     'replica.following': 'promotion failed; following again',
+    'replica.recovering': 'promotion failed; following again, replaying',
+    'replica.broken': 'promotion failed; the copy needs a snapshot',
     'replica.bootstrapping': 'promotion failed; no usable copy',
     stopped: 'shutdown',
   },
