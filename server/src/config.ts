@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import type { SyncSettings } from './ha/semisync.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -62,6 +63,9 @@ export const envSchema = z.object({
   NEBULAGC_CANDIDATE: bool.default(true),
   NEBULAGC_MIN_REPLICAS: z.coerce.number().int().nonnegative().default(0),
   NEBULAGC_SWITCHOVER_TIMEOUT_MS: positiveInt(5000),
+  NEBULAGC_SYNC_REPLICAS: z.coerce.number().int().nonnegative().default(0),
+  NEBULAGC_SYNC_TIMEOUT_MS: positiveInt(5000),
+  NEBULAGC_SYNC_MODE: z.enum(['strict', 'degrade']).default('strict'),
   NEBULAGC_REPLICA_WRITES: z.enum(['redirect', 'proxy', 'reject']).default('redirect'),
   NEBULAGC_MAX_REPLICA_LAG_MS: positiveInt(5000),
   NEBULAGC_MIN_TXID_WAIT_MS: nonNegative(2000),
@@ -146,6 +150,8 @@ export interface HaConfig {
   minReplicas: number;
   /** How long a switchover waits for its target to hold everything. */
   switchoverTimeoutMs: number;
+  /** Semi-synchronous writes: 0 replicas is asynchronous replication. */
+  sync: SyncSettings;
 }
 
 export interface ReplicationConfig {
@@ -220,7 +226,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
       },
       walCheckpointBytes: e.NEBULAGC_WAL_CHECKPOINT_BYTES ?? defaultCheckpointBytes(e.NEBULAGC_DB_SYNCHRONOUS),
     },
-    ha: { candidate: e.NEBULAGC_CANDIDATE, minReplicas: e.NEBULAGC_MIN_REPLICAS, switchoverTimeoutMs: e.NEBULAGC_SWITCHOVER_TIMEOUT_MS },
+    ha: {
+      candidate: e.NEBULAGC_CANDIDATE,
+      minReplicas: e.NEBULAGC_MIN_REPLICAS,
+      switchoverTimeoutMs: e.NEBULAGC_SWITCHOVER_TIMEOUT_MS,
+      sync: { replicas: e.NEBULAGC_SYNC_REPLICAS, timeoutMs: e.NEBULAGC_SYNC_TIMEOUT_MS, mode: e.NEBULAGC_SYNC_MODE },
+    },
     tls: e.NEBULAGC_TLS_CERT && e.NEBULAGC_TLS_KEY ? { cert: e.NEBULAGC_TLS_CERT, key: e.NEBULAGC_TLS_KEY, ca: e.NEBULAGC_TLS_CA } : undefined,
     synchronous: e.NEBULAGC_DB_SYNCHRONOUS,
     maxBodyBytes: e.NEBULAGC_MAX_BODY_BYTES,

@@ -29,7 +29,7 @@ export class FakeUpstream implements Upstream {
     signal.addEventListener('abort', () => body.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted')), { once: true });
     this.current = body;
     for (const w of this.waiting.splice(0)) w();
-    return Promise.resolve({ body, format: String(RECORD_FORMAT), epoch: this.epoch, history: this.history, advertiseUrl: this.url, nodeId: 'fake' });
+    return Promise.resolve({ body, format: String(RECORD_FORMAT), epoch: this.epoch, history: this.history, advertiseUrl: this.url, nodeId: 'fake', sync: false });
   }
 
   snapshot(peer: Peer): Promise<OpenedSnapshot> {

@@ -22,6 +22,7 @@ export type ErrorCode =
   | 'HA_BUSY'
   | 'MIN_REPLICAS'
   | 'NO_CANDIDATE'
+  | 'SYNC_TIMEOUT'
   | 'PKI_UNAVAILABLE'
   | 'NOT_ENROLLED'
   | 'INTERNAL';

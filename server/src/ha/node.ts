@@ -19,6 +19,7 @@ import { ReplicationReplica, replicaPositionFile, type ReplicaPhase } from '../r
 import { openDatabase } from '../db/connection.js';
 import { backupDir, writeBackupFile } from './backup-file.js';
 import { keepDivergedCopy, recordDiff } from './quarantine.js';
+import { SyncGate } from './semisync.js';
 import type { HaRole } from './role.js';
 import { WriterLock } from './writer-lock.js';
 import path from 'node:path';
@@ -171,6 +172,7 @@ export class HaNode {
     nodes.store.writer.refuse('this node is becoming a replica');
     const final = await master.close();
     role.master = undefined;
+    this.closeSync();
     nodes.closeForWrites('this node is a replica; writes go to the master');
     this.lock?.release();
     this.lock = undefined;
@@ -299,10 +301,17 @@ export class HaNode {
       await role.master.close();
       role.master = undefined;
     }
+    this.closeSync();
     await this.stopFollowing();
     this.lock?.release();
     this.lock = undefined;
     if (role.state !== 'stopped') role.machine.to('stopped');
+  }
+
+  private closeSync(): void {
+    this.role.sync?.close();
+    this.role.sync = undefined;
+    this.o.metrics.haSyncDegraded.set(0);
   }
 
   private async exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -395,6 +404,17 @@ export class HaNode {
       metrics.replicationTransactions.inc(txs.length);
       metrics.replicationPosition.set(txs[txs.length - 1]!.txid);
     };
+    const sync = config.ha.sync;
+    if (sync.replicas > 0) {
+      const gate = new SyncGate(
+        sync,
+        () => [...master.replicas.values()].map((v) => ({ ackedTxid: v.ackedTxid, counts: v.syncEligible })),
+        log.child({ component: 'sync' }),
+        (degraded) => metrics.haSyncDegraded.set(degraded ? 1 : 0),
+      );
+      master.events.onAck = () => gate.acked(master.position.txid);
+      role.sync = gate;
+    }
     master.start();
     role.master = master;
     role.knownMaster = undefined;

@@ -1,6 +1,7 @@
 import type { ReplicationMaster } from '../replication/master/master.js';
 import type { Position } from '../replication/wire/record.js';
 import type { ReplicationReplica } from '../replication/replica/replica.js';
+import type { SyncGate } from './semisync.js';
 import type { HaMode, HaState, HaStateMachine } from './states.js';
 import type { Timeline } from './timeline.js';
 
@@ -28,6 +29,8 @@ export interface ReplicaStatus {
  */
 export class HaRole {
   master: ReplicationMaster | undefined;
+  /** On a master with NEBULAGC_SYNC_REPLICAS: what write answers wait for. */
+  sync: SyncGate | undefined;
   replica: ReplicationReplica | undefined;
   /** The master's API URL and node id as this node last learnt them (its stream, a switchover). */
   knownMaster: { url: string; nodeId: string | undefined } | undefined;

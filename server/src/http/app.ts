@@ -11,7 +11,7 @@ import { observe } from './middleware/observe.js';
 import { ipRateLimit, RateLimiter } from './middleware/rate-limit.js';
 import { requestId } from './middleware/request-id.js';
 import { requireReplicationSecret } from './middleware/internal-auth.js';
-import { masterTxid, roleGate } from './middleware/role-gate.js';
+import { masterAnswer, roleGate } from './middleware/role-gate.js';
 import { registerClusterOperationRoutes } from './routes/ha-operations.js';
 import { registerClusterStatusRoutes } from './routes/ha-status.js';
 import { registerReplicationRoutes } from './routes/replication.js';
@@ -51,7 +51,7 @@ export function createApp(deps: Deps): App {
   app.use('*', observe(metrics, log));
   app.use('*', ipRateLimit(limiters.ip, config.trustProxy, metrics));
   app.use('*', roleGate(role, config.replication));
-  app.use('/api/*', masterTxid(role));
+  app.use('/api/*', masterAnswer(role, store.writer, metrics));
   app.use('/internal/*', requireReplicationSecret(config.replication.secret, config.tls?.ca !== undefined));
   // The bundle upload streams under its own, larger limit (NEBULAGC_MAX_BUNDLE_BYTES). GETs
   // skip the limiter: touching the body makes the node adapter build a full Request per poll.

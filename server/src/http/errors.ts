@@ -30,6 +30,7 @@ const STATUS: Record<ErrorCode, ContentfulStatusCode> = {
   HA_BUSY: 409,
   MIN_REPLICAS: 409,
   NO_CANDIDATE: 409,
+  SYNC_TIMEOUT: 503,
   PKI_UNAVAILABLE: 503,
   NOT_ENROLLED: 409,
   INTERNAL: 500,

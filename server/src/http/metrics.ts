@@ -70,6 +70,19 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly haSyncDegraded = new Gauge({
+    name: 'nebulagc_ha_sync_degraded',
+    help: '1 while a master with NEBULAGC_SYNC_MODE=degrade answers writes without waiting for replicas',
+    registers: [this.registry],
+  });
+
+  readonly haSyncWait = new Histogram({
+    name: 'nebulagc_ha_sync_wait_seconds',
+    help: 'How long write answers waited for replicas to acknowledge them (NEBULAGC_SYNC_REPLICAS)',
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+    registers: [this.registry],
+  });
+
   readonly haQuarantined = new Counter({
     name: 'nebulagc_ha_quarantined_transactions_total',
     help: 'Transactions of a diverged copy (an old master’s unreplicated writes) kept in quarantine before a resync',

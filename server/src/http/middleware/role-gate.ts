@@ -1,6 +1,8 @@
 import type { MiddlewareHandler, Next } from 'hono';
 import type { ReplicationConfig } from '../../config.js';
+import type { Writer } from '../../db/writer.js';
 import type { HaRole } from '../../ha/role.js';
+import type { Metrics } from '../metrics.js';
 import type { AppContext, AppEnv } from '../context.js';
 import { errorResponse } from '../errors.js';
 
@@ -95,9 +97,31 @@ async function proxy(req: Request, url: string): Promise<Response> {
   return new Response(res.body, { status: res.status, headers: out });
 }
 
-/** On the master: every write answers with the transaction it reached, for read-your-writes. */
-export const masterTxid = (role: HaRole): MiddlewareHandler<AppEnv> => async (c, next) => {
+/**
+ * On the master: every answer carries the transaction it reached, for read-your-writes. With
+ * NEBULAGC_SYNC_REPLICAS, a request that committed waits until enough replicas hold that
+ * transaction durably; in strict mode, one they did not hold in time answers 503 SYNC_TIMEOUT
+ * instead, since the client cannot know whether the write would survive a failover.
+ */
+export const masterAnswer = (role: HaRole, writer: Writer, metrics: Metrics): MiddlewareHandler<AppEnv> => async (c, next) => {
+  const commits = writer.commits;
   await next();
-  const pos = role.master?.positionNow();
-  if (pos) c.header('X-NebulaGC-TxID', String(pos.txid));
+  const master = role.master;
+  if (!master) return;
+  const pos = master.positionNow();
+  c.header('X-NebulaGC-TxID', String(pos.txid));
+  const gate = role.sync;
+  if (!gate || writer.commits === commits || c.res.status >= 400) return;
+  const started = performance.now();
+  const outcome = await gate.wait(pos.txid);
+  metrics.haSyncWait.observe((performance.now() - started) / 1000);
+  if (outcome !== 'timeout') return;
+  const needed = gate.settings.replicas;
+  c.res = errorResponse(
+    c,
+    'SYNC_TIMEOUT',
+    `the write reached transaction ${pos.txid} on the master, but ${needed} replica(s) did not hold it within ${gate.settings.timeoutMs} ms: it may or may not survive a failover; read it back before you retry`,
+    { txid: pos.txid, replicas_needed: needed, replicas_holding: gate.holders(pos.txid) },
+  );
+  c.header('X-NebulaGC-TxID', String(pos.txid));
 };

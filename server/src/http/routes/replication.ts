@@ -21,6 +21,7 @@ const positionQuery = z.object({
   seen_epoch: z.coerce.number().int().min(0).optional(),
   secret_fp: z.string().regex(/^[0-9a-f]{16}$/).optional(),
   candidate: z.enum(['true', 'false']).optional(),
+  instance_id: z.uuid().optional(),
 });
 
 const snapshotQuery = z.object({
@@ -119,7 +120,7 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
         verdict,
       });
     }
-    const view = master.replicaConnected(q.replica_id, q.replica_url, q.from, q.candidate !== 'false');
+    const view = master.replicaConnected(q.replica_id, q.replica_url, q.from, q.candidate !== 'false', q.instance_id);
     deps.log.info({ replica_id: q.replica_id, from: q.from }, 'replica connected');
     const body = replicationStream(master, view, q.from, sent);
     return new Response(body, {
@@ -133,6 +134,7 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
         [HEADERS.epoch]: String(master.position.epoch),
         [HEADERS.history]: JSON.stringify(role.timeline.history),
         [HEADERS.recordFormat]: String(RECORD_FORMAT),
+        [HEADERS.sync]: config.ha.sync.replicas > 0 ? '1' : '0',
         'x-request-id': c.get('requestId'),
       },
     });

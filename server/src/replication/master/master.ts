@@ -39,6 +39,10 @@ export interface MasterOptions {
 /** A replica as the master sees it: from its stream connection and its acknowledgements. */
 export interface ReplicaView {
   id: string;
+  /** The replica's process; a forgotten replica's process stays out of the sync set. */
+  instanceId: string | undefined;
+  /** Whether its acknowledgements count toward NEBULAGC_SYNC_REPLICAS. */
+  syncEligible: boolean;
   url: string | undefined;
   /** Whether it may be promoted (NEBULAGC_CANDIDATE on the replica). */
   candidate: boolean;
@@ -67,6 +71,8 @@ export interface Subscriber {
 
 export interface MasterEvents {
   onTransactions?(txs: CapturedTx[]): void;
+  /** A replica acknowledged a durable position. */
+  onAck?(): void;
 }
 
 /**
@@ -78,6 +84,8 @@ export class ReplicationMaster {
   readonly log: ReplicationLog;
   readonly capture: WalCapture;
   readonly replicas = new Map<string, ReplicaView>();
+  /** Replicas an operator forgot, with the process that was connected then. */
+  private readonly forgotten = new Map<string, string | undefined>();
   private readonly subscribers = new Set<Subscriber>();
   private readonly pins: [Db, Db];
   private readonly timers: NodeJS.Timeout[] = [];
@@ -274,9 +282,13 @@ export class ReplicationMaster {
     return locate(pos, this.positionNow(), this.opts.history(), this.log);
   }
 
-  replicaConnected(id: string, url: string | undefined, from: number, candidate: boolean): ReplicaView {
+  replicaConnected(id: string, url: string | undefined, from: number, candidate: boolean, instanceId: string | undefined): ReplicaView {
+    const forgotten = this.forgotten.has(id) && this.forgotten.get(id) === instanceId;
+    if (!forgotten) this.forgotten.delete(id);
     const view = this.replicas.get(id) ?? {
       id,
+      instanceId,
+      syncEligible: !forgotten,
       url,
       candidate,
       connected: true,
@@ -286,16 +298,20 @@ export class ReplicationMaster {
       ackedChecksum: undefined,
       lastAckAt: undefined,
     };
-    Object.assign(view, { url: url ?? view.url, candidate, connected: true, connectedAt: Date.now(), sentTxid: from });
+    Object.assign(view, { url: url ?? view.url, candidate, instanceId, syncEligible: !forgotten, connected: true, connectedAt: Date.now(), sentTxid: from });
     this.replicas.set(id, view);
     return view;
   }
 
   /** Forgets a replica (its stream, if open, ends). */
   forget(id: string): boolean {
-    const known = this.replicas.delete(id);
+    const view = this.replicas.get(id);
+    if (!view) return false;
+    // Until this process of the replica restarts, its reconnections do not count for sync.
+    this.forgotten.set(id, view.instanceId);
+    this.replicas.delete(id);
     this.wakeAll();
-    return known;
+    return true;
   }
 
   ack(id: string, pos: Position): void {
@@ -306,6 +322,7 @@ export class ReplicationMaster {
       view.ackedChecksum = pos.checksum;
     }
     view.lastAckAt = Date.now();
+    this.events.onAck?.();
   }
 
   /**

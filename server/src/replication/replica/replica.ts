@@ -97,6 +97,8 @@ export class ReplicationReplica {
   private phaseValue: ReplicaPhase = 'bootstrapping';
   private ackTimer: NodeJS.Timeout | undefined;
   private ackInFlight = false;
+  /** The master holds writes until replicas acknowledge them: no pause before an ack. */
+  private fastAcks = false;
   private loop: Promise<void> | undefined;
   private readonly warn = (msg: string): void => this.log.warn(msg);
 
@@ -297,6 +299,7 @@ export class ReplicationReplica {
       throw new UpstreamError(`${this.upstream.url} is a master of epoch ${opened.epoch}, but epoch ${timeline.highestSeen} exists: it is a stale master, and this replica will not follow it`);
     }
     if (opened.history) timeline.adopt(opened.history);
+    this.fastAcks = opened.sync;
     if (opened.advertiseUrl) this.hooks.onMasterAdvertised(opened.advertiseUrl, opened.nodeId);
     this.connected = true;
     this.lastContactMs = Date.now();
@@ -360,6 +363,7 @@ export class ReplicationReplica {
       secretFp: this.opts.secretFingerprint,
       seenEpoch: this.opts.timeline.highestSeen,
       candidate: this.opts.candidate,
+      instanceId: this.opts.instanceId,
     };
   }
 
@@ -491,10 +495,13 @@ export class ReplicationReplica {
   }
 
   /**
-   * Acknowledges the durable position to the master, at most one request in flight and one per
-   * ACK_INTERVAL_MS. Acks only feed the master's view of its replicas (lag in /cluster/replicas
-   * and metrics); each is a whole HTTP request on both sides, and at 20 ms they were most of
-   * both processes' event-loop stalls at 1,000 commits/s (docs/BENCHMARKS.md).
+   * Acknowledges the durable position to the master, at most one request in flight. With an
+   * asynchronous master, one per ACK_INTERVAL_MS: acks then only feed its view of its replicas
+   * (lag in /cluster/replicas and metrics); each is a whole HTTP request on both sides, and at
+   * 20 ms they were most of both processes' event-loop stalls at 1,000 commits/s
+   * (docs/BENCHMARKS.md). A master with NEBULAGC_SYNC_REPLICAS holds its answers for them, so
+   * then each goes as soon as a batch is durable (and the one in flight carries the batches
+   * that become durable meanwhile to the next).
    */
   private scheduleAck(): void {
     if (this.ackTimer || this.ackInFlight) return;
@@ -510,7 +517,7 @@ export class ReplicationReplica {
           this.ackInFlight = false;
           if (this.durablePosition && this.durablePosition.txid !== pos.txid) this.scheduleAck();
         });
-    }, ACK_INTERVAL_MS);
+    }, this.fastAcks ? 0 : ACK_INTERVAL_MS);
     this.ackTimer.unref();
   }
 

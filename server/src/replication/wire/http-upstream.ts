@@ -10,6 +10,7 @@ const peerQuery = (peer: Peer): Record<string, string> => ({
   secret_fp: peer.secretFp,
   seen_epoch: String(peer.seenEpoch),
   candidate: String(peer.candidate),
+  ...(peer.instanceId ? { instance_id: peer.instanceId } : {}),
 });
 
 const header = (res: IncomingMessage, name: string): string | undefined => {
@@ -36,6 +37,7 @@ export class HttpUpstream implements Upstream {
       history: history === undefined ? undefined : (JSON.parse(history) as EpochStart[]),
       advertiseUrl: header(res, HEADERS.advertiseUrl),
       nodeId: header(res, HEADERS.nodeId),
+      sync: header(res, HEADERS.sync) === '1',
     };
   }
 

@@ -24,6 +24,8 @@ export const HEADERS = {
   epoch: 'x-nebulagc-epoch',
   history: 'x-nebulagc-history',
   recordFormat: 'x-nebulagc-record-format',
+  /** '1' when the master waits for replicas' acknowledgements (NEBULAGC_SYNC_REPLICAS): ack at once. */
+  sync: 'x-nebulagc-sync',
 } as const;
 
 /** What a replica says about itself when it asks for a stream or a snapshot. */
@@ -35,6 +37,8 @@ export interface Peer {
   /** The highest epoch the replica has heard of: a master below it is stale. */
   seenEpoch: number;
   candidate: boolean;
+  /** The replica's process, told apart from a restart of it. */
+  instanceId: string | undefined;
 }
 
 export interface OpenedStream {
@@ -46,6 +50,8 @@ export interface OpenedStream {
   history: EpochStart[] | undefined;
   advertiseUrl: string | undefined;
   nodeId: string | undefined;
+  /** The master waits for acknowledgements: send each as soon as a batch is durable. */
+  sync: boolean;
 }
 
 export interface OpenedSnapshot {
