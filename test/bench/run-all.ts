@@ -6,6 +6,7 @@ import { runPollBench } from './polls.js';
 import { runRenderBench } from './render.js';
 import { runReplicationBench } from './replication.js';
 import { runSwitchoverBench } from './switchover.js';
+import { runSyncWriteBench } from './sync-writes.js';
 import { runWriteBench } from './writes.js';
 
 if (isEntryPoint(import.meta.url)) {
@@ -17,8 +18,9 @@ if (isEntryPoint(import.meta.url)) {
   const writesOk = await runWriteBench();
   const replicationOk = await runReplicationBench();
   const switchoverOk = await runSwitchoverBench();
+  const syncOk = await runSyncWriteBench();
   const renderOk = await runRenderBench();
   const blockingOk = await runBlockingBench();
   await runDaemonIdleBench();
-  if (!pollsOk || !writesOk || !replicationOk || !switchoverOk || !renderOk || !blockingOk) process.exitCode = 1;
+  if (!pollsOk || !writesOk || !replicationOk || !switchoverOk || !syncOk || !renderOk || !blockingOk) process.exitCode = 1;
 }
