@@ -5,8 +5,8 @@
  * master acknowledged to the first the new one did, as the client saw them. The baseline, in
  * the same run, is the client's ordinary time between two acknowledged writes.
  */
-import Database from 'better-sqlite3';
 import { clusterDir, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
+import { tenantNames } from '../helpers/probes.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
 import { WriteLoad } from '../helpers/write-load.js';
 import { isEntryPoint } from './entry.js';
@@ -60,9 +60,7 @@ export async function runSwitchoverBench(): Promise<boolean> {
     const final = await call(master.url, 'GET', '/health');
     for (const n of nodes) await waitUntil(async () => (await call(n.url, 'GET', '/health')).body.position?.txid === final.body.position.txid, 10_000);
     for (const n of nodes) {
-      const db = new Database(n.dbPath, { readonly: true });
-      const names = new Set((db.prepare('SELECT name FROM tenants').all() as { name: string }[]).map((r) => r.name));
-      db.close();
+      const names = tenantNames(n);
       const missing = acks.filter((a) => !names.has(a.name)).length;
       if (missing > 0) lostOn.push(`${n.name} (${missing} of ${acks.length})`);
     }

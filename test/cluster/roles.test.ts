@@ -14,6 +14,7 @@ import Database from 'better-sqlite3';
 import { promotionRefusal } from '../../server/src/ha/node.js';
 import { clusterDir, freePort, REPLICATION_SECRET, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
+import { health, isMaster, metric, tenantNames } from '../helpers/probes.js';
 import { WriteLoad } from '../helpers/write-load.js';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../server/src/cli/main.js');
@@ -41,21 +42,6 @@ async function cluster(label: string, replicas: string[]): Promise<{ root: strin
   return { root: dir.root, master, replicas: rs };
 }
 
-const health = async (n: ServerProcess): Promise<any> => (await call(n.url, 'GET', '/health')).body;
-const isMaster = async (n: ServerProcess): Promise<boolean> => (await call(n.url, 'GET', '/health/master')).status === 200;
-const metric = async (n: ServerProcess, line: RegExp): Promise<number> => {
-  const text = (await call(n.url, 'GET', '/metrics')).body.toString() as string;
-  const m = text.split('\n').find((l) => line.test(l));
-  return m ? Number(m.split(' ').pop()) : 0;
-};
-const tenantNames = (n: ServerProcess): Set<string> => {
-  const db = new Database(n.dbPath, { readonly: true });
-  try {
-    return new Set((db.prepare('SELECT name FROM tenants').all() as { name: string }[]).map((r) => r.name));
-  } finally {
-    db.close();
-  }
-};
 const sha = (n: ServerProcess): string => {
   const db = new Database(n.dbPath, { readonly: true });
   try {

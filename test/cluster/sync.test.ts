@@ -7,9 +7,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
 import { clusterDir, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
+import { health, metric, tenantNames } from '../helpers/probes.js';
 import { WriteLoad } from '../helpers/write-load.js';
 
 const op = { authorization: `Bearer ${TEST_ADMIN_TOKEN}` };
@@ -21,21 +21,7 @@ after(async () => {
   for (const r of roots) r.remove();
 });
 
-const health = async (n: ServerProcess): Promise<any> => (await call(n.url, 'GET', '/health')).body;
 const write = (n: ServerProcess, name: string) => call(n.url, 'POST', '/api/v1/tenants', { headers: op, json: { name } });
-const metric = async (n: ServerProcess, line: RegExp): Promise<number> => {
-  const text = (await call(n.url, 'GET', '/metrics')).body.toString() as string;
-  const m = text.split('\n').find((l) => line.test(l));
-  return m ? Number(m.split(' ').pop()) : NaN;
-};
-const tenantNames = (n: ServerProcess): Set<string> => {
-  const db = new Database(n.dbPath, { readonly: true });
-  try {
-    return new Set((db.prepare('SELECT name FROM tenants').all() as { name: string }[]).map((r) => r.name));
-  } finally {
-    db.close();
-  }
-};
 
 async function cluster(label: string, replicas: string[], sync: Record<string, string>): Promise<{ root: string; master: ServerProcess; replicas: ServerProcess[] }> {
   const dir = clusterDir(label);
