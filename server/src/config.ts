@@ -56,7 +56,13 @@ export const envSchema = z.object({
   NEBULAGC_OPERATOR_TOKEN: z.string().min(1).optional(),
   NEBULAGC_NODE_ID: z.string().min(1).default(os.hostname()),
   NEBULAGC_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-  NEBULAGC_HA_MODE: z.enum(['standalone', 'master', 'replica']).default('standalone'),
+  NEBULAGC_HA_MODE: z.enum(['standalone', 'master', 'replica', 'auto']).default('standalone'),
+  NEBULAGC_COORDINATOR: z.enum(['etcd']).default('etcd'),
+  NEBULAGC_ETCD_ENDPOINTS: z.string().min(1).optional(),
+  NEBULAGC_CLUSTER_NAME: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$/, 'must be letters, digits, . _ / -').default('nebulagc'),
+  NEBULAGC_LOCK_TTL_S: positiveInt(2),
+  NEBULAGC_MAX_LAG_ON_FAILOVER: z.coerce.number().int().nonnegative().default(0),
+  NEBULAGC_FAILOVER_PRIORITY: z.coerce.number().int().default(0),
   NEBULAGC_MASTER_URL: z.url({ protocol: /^https?$/ }).optional(),
   NEBULAGC_ADVERTISE_URL: z.url({ protocol: /^https?$/ }).optional(),
   NEBULAGC_REPLICATION_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
@@ -152,6 +158,18 @@ export interface HaConfig {
   switchoverTimeoutMs: number;
   /** Semi-synchronous writes: 0 replicas is asynchronous replication. */
   sync: SyncSettings;
+  /** NEBULAGC_HA_MODE=auto only: the election. */
+  auto: AutoConfig | undefined;
+}
+
+export interface AutoConfig {
+  coordinator: Env['NEBULAGC_COORDINATOR'];
+  etcdEndpoints: string[];
+  /** The key prefix in the coordinator. */
+  clusterName: string;
+  lockTtlS: number;
+  maxLagOnFailover: number;
+  priority: number;
 }
 
 export interface ReplicationConfig {
@@ -186,6 +204,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
   const mode = e.NEBULAGC_HA_MODE;
   if (mode !== 'standalone' && !e.NEBULAGC_REPLICATION_SECRET) {
     throw new ConfigError(`invalid NEBULAGC_REPLICATION_SECRET: required when NEBULAGC_HA_MODE=${mode}`);
+  }
+  if (mode === 'auto' && !e.NEBULAGC_ETCD_ENDPOINTS) {
+    throw new ConfigError('invalid NEBULAGC_ETCD_ENDPOINTS: required when NEBULAGC_HA_MODE=auto (a comma-separated list of etcd client URLs)');
   }
   if (mode === 'replica' && !e.NEBULAGC_MASTER_URL) {
     throw new ConfigError('invalid NEBULAGC_MASTER_URL: required when NEBULAGC_HA_MODE=replica');
@@ -231,6 +252,17 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
       minReplicas: e.NEBULAGC_MIN_REPLICAS,
       switchoverTimeoutMs: e.NEBULAGC_SWITCHOVER_TIMEOUT_MS,
       sync: { replicas: e.NEBULAGC_SYNC_REPLICAS, timeoutMs: e.NEBULAGC_SYNC_TIMEOUT_MS, mode: e.NEBULAGC_SYNC_MODE },
+      auto:
+        mode === 'auto'
+          ? {
+              coordinator: e.NEBULAGC_COORDINATOR,
+              etcdEndpoints: e.NEBULAGC_ETCD_ENDPOINTS!.split(',').map((u) => u.trim()).filter((u) => u.length > 0),
+              clusterName: e.NEBULAGC_CLUSTER_NAME,
+              lockTtlS: e.NEBULAGC_LOCK_TTL_S,
+              maxLagOnFailover: e.NEBULAGC_MAX_LAG_ON_FAILOVER,
+              priority: e.NEBULAGC_FAILOVER_PRIORITY,
+            }
+          : undefined,
     },
     tls: e.NEBULAGC_TLS_CERT && e.NEBULAGC_TLS_KEY ? { cert: e.NEBULAGC_TLS_CERT, key: e.NEBULAGC_TLS_KEY, ca: e.NEBULAGC_TLS_CA } : undefined,
     synchronous: e.NEBULAGC_DB_SYNCHRONOUS,

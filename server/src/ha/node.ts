@@ -22,6 +22,8 @@ import { keepDivergedCopy, recordDiff } from './quarantine.js';
 import { SyncGate } from './semisync.js';
 import type { HaRole } from './role.js';
 import { WriterLock } from './writer-lock.js';
+import { Elector } from './elector.js';
+import { EtcdCoordinator } from './election/etcd.js';
 import path from 'node:path';
 
 export interface HaNodeOptions {
@@ -69,6 +71,7 @@ const REPLICA_STATE: Record<ReplicaPhase, 'replica.bootstrapping' | 'replica.rec
 export class HaNode {
   private lock: WriterLock | undefined;
   private busy: string | undefined;
+  private elector: Elector | undefined;
   /** Replicas this node, no longer master, has answered with the master's URL. */
   private readonly redirected = new Set<string>();
   readonly fingerprint: string;
@@ -103,12 +106,66 @@ export class HaNode {
         `NEBULAGC_HA_MODE=master, but this node handed over to ${live}, which is master now: following it instead of starting a second master (make this node master again with a switchover)`,
       );
       this.role.setKnownMaster(live, undefined);
-      this.follow(live);
+      this.followUpstream(live);
       return undefined;
     }
+    if (config.haMode === 'auto') return this.startElected();
     this.adoptOwnPosition();
-    this.follow(config.replication.masterUrl!);
+    this.followUpstream(config.replication.masterUrl!);
     return undefined;
+  }
+
+  /** NEBULAGC_HA_MODE=auto: the coordinator's election decides the first role, then keeps it in step. */
+  private async startElected(): Promise<MigrationResult | undefined> {
+    const { config, log } = this.o;
+    const auto = config.ha.auto!;
+    const elector = new Elector(
+      this,
+      new EtcdCoordinator({ endpoints: auto.etcdEndpoints, prefix: auto.clusterName, ttlS: auto.lockTtlS }),
+      { nodeId: config.nodeId, candidate: config.ha.candidate, maxLagOnFailover: auto.maxLagOnFailover, priority: auto.priority },
+      log.child({ component: 'election' }),
+    );
+    this.elector = elector;
+    this.role.writeLease = () => elector.leaseFresh();
+    const decision = await elector.start(this.ownTxid());
+    let migration: MigrationResult | undefined;
+    if (decision.kind === 'master') migration = await this.openMaster(decision.epoch);
+    else {
+      this.adoptOwnPosition();
+      this.role.setKnownMaster(decision.holder.url, decision.holder.nodeId);
+      this.followUpstream(decision.holder.url);
+    }
+    elector.run();
+    return migration;
+  }
+
+  /** The txid of the copy on disk, for the election before anything is open. */
+  private ownTxid(): number {
+    if (this.role.timeline.role === 'master') return lastLoggedPosition(path.join(this.o.dir, 'log'))?.txid ?? 0;
+    return readPosition(this.o.dir)?.txid ?? 0;
+  }
+
+  /** The elector won the lock: promote now, on the coordinator's epoch. */
+  promoteElected(epoch: number): Promise<void> {
+    return this.exclusive('promote', async () => {
+      const replica = this.role.replica;
+      if (!replica?.position) throw new DomainError('NOT_CAUGHT_UP', 'this replica has no copy of the database to promote');
+      this.role.machine.to('promoting', `elected (epoch ${epoch})`);
+      const previousUpstream = replica.upstreamUrl;
+      await this.stopFollowing();
+      try {
+        await this.openMaster(epoch);
+      } catch (err) {
+        this.o.log.error({ err: (err as Error).message }, 'promotion failed; following the master again');
+        this.followUpstream(previousUpstream);
+        throw err;
+      }
+    });
+  }
+
+  /** The elector saw another holder: a master demotes to it, a replica follows it. */
+  follow(url: string, nodeId: string): Promise<void> {
+    return this.exclusive('demote', async () => this.demoteNow(url, nodeId));
   }
 
   /** A replica becomes master, on a new epoch, with txids continuing from its copy. */
@@ -138,7 +195,7 @@ export class HaNode {
         await this.openMaster();
       } catch (err) {
         this.o.log.error({ err: (err as Error).message }, 'promotion failed; following the master again');
-        this.follow(previousUpstream);
+        this.followUpstream(previousUpstream);
         throw err;
       }
       return this.handover();
@@ -178,7 +235,7 @@ export class HaNode {
     this.lock = undefined;
     writePosition(this.o.dir, final);
     log.info({ position: final, master: url }, 'demoted: following the new master from this copy');
-    this.follow(url);
+    this.followUpstream(url);
   }
 
   /**
@@ -190,6 +247,7 @@ export class HaNode {
       const { role, log } = { ...this.o, role: this.role };
       const master = role.master;
       if (!master || role.state !== 'master.serving') throw new DomainError('CONFLICT', `only a serving master can switch over (this node is ${role.state})`);
+      if (this.elector) throw new DomainError('CONFLICT', 'in auto mode the election picks the next master: stop this one with SIGTERM, which hands the lock over at once');
       const target = this.pickTarget(master, to);
       const timeoutMs = this.o.config.ha.switchoverTimeoutMs;
       role.machine.to('master.fenced', `switchover to ${target.id}`);
@@ -241,6 +299,10 @@ export class HaNode {
     const master = this.role.master;
     if (!master || this.role.state !== 'master.serving') return;
     const head = master.positionNow().txid;
+    if (this.elector) {
+      await this.elector.releaseForHandover(() => [...master.replicas.values()].some((r) => r.connected && r.candidate && r.ackedTxid >= head));
+      return;
+    }
     const connected = [...master.replicas.values()].filter((r) => r.connected);
     if (!connected.some((r) => r.candidate && r.url && head - r.ackedTxid <= 1000)) return;
     let to: Handover;
@@ -297,6 +359,7 @@ export class HaNode {
 
   async close(): Promise<void> {
     const { role } = this;
+    await this.elector?.close();
     if (role.master) {
       await role.master.close();
       role.master = undefined;
@@ -363,7 +426,7 @@ export class HaNode {
    * was master last time continues its epoch and log; any other begins a new epoch, with txids
    * continuing from its copy's position.
    */
-  private async openMaster(): Promise<MigrationResult> {
+  private async openMaster(electedEpoch?: number): Promise<MigrationResult> {
     const { config, nodes, log, metrics } = this.o;
     const { role } = this;
     const timeline = role.timeline;
@@ -376,9 +439,12 @@ export class HaNode {
       this.lock = undefined;
       throw err;
     }
-    const continuing = timeline.role === 'master' && timeline.epoch > 0;
-    const startAt = continuing ? undefined : readPosition(this.o.dir);
-    const epoch = continuing ? timeline.epoch : timeline.highestSeen + 1;
+    const wasMaster = timeline.role === 'master' && timeline.epoch > 0;
+    const startAt = wasMaster ? undefined : readPosition(this.o.dir);
+    // An elected master takes the coordinator's epoch (its lock's), unless this node has seen a
+    // higher one (a coordinator rebuilt from nothing): epochs never go back.
+    const epoch = electedEpoch !== undefined ? Math.max(electedEpoch, timeline.highestSeen + 1) : wasMaster ? timeline.epoch : timeline.highestSeen + 1;
+    const continuing = wasMaster && epoch === timeline.epoch;
     const master = new ReplicationMaster(
       nodes.store.writer,
       {
@@ -425,7 +491,7 @@ export class HaNode {
   }
 
   /** Follows `url` with a replica of the local copy (or none yet: it takes a snapshot). */
-  private follow(url: string): void {
+  private followUpstream(url: string): void {
     const { config, log, metrics, nodes } = this.o;
     const { role } = this;
     role.timeline.setRole('replica', url);

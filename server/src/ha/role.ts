@@ -34,6 +34,8 @@ export class HaRole {
   replica: ReplicationReplica | undefined;
   /** The master's API URL and node id as this node last learnt them (its stream, a switchover). */
   knownMaster: { url: string; nodeId: string | undefined } | undefined;
+  /** In auto mode: whether this node's lock is fresh enough to take writes (fencing before the TTL). */
+  writeLease: (() => boolean) | undefined;
   /** Transactions kept in quarantine on this node since it started. */
   quarantinedTransactions = 0;
 
@@ -55,7 +57,7 @@ export class HaRole {
 
   /** May take writes now: a standalone node, or a master that is not fenced. */
   get takesWrites(): boolean {
-    return this.machine.is('standalone', 'master.serving');
+    return this.machine.is('standalone', 'master.serving') && (this.writeLease?.() ?? true);
   }
 
   get epoch(): number {
