@@ -44,16 +44,23 @@ export class EtcdCoordinator implements Coordinator {
   async acquire(value: Omit<LeaderValue, 'epoch'>, onLost: (why: string) => void): Promise<Lock | undefined> {
     const lease = this.client.lease(this.opts.ttlS, { autoKeepAlive: true });
     let renewedAt = performance.now();
+    let firedAt = renewedAt;
     let held = false;
+    // A renewal counts from when it was sent, not from when its answer was read: an answer that
+    // waited in the socket while this process was paused must not make the lease look fresh.
+    lease.on('keepaliveFired', () => {
+      firedAt = performance.now();
+    });
     lease.on('keepaliveSucceeded', () => {
-      renewedAt = performance.now();
+      renewedAt = firedAt;
     });
     lease.on('lost', (err) => {
       if (held) onLost(err.message);
     });
     try {
+      const asked = performance.now();
       const id = await lease.grant();
-      renewedAt = performance.now();
+      renewedAt = asked;
       const r = await this.client
         .if(this.leaderKey, 'Create', '==', 0)
         .then(this.client.put(this.leaderKey).value(JSON.stringify(value)).lease(id))
