@@ -7,6 +7,7 @@ import { runRenderBench } from './render.js';
 import { runReplicationBench } from './replication.js';
 import { runSwitchoverBench } from './switchover.js';
 import { runSyncWriteBench } from './sync-writes.js';
+import { runFailoverBench } from './failover.js';
 import { runWriteBench } from './writes.js';
 
 if (isEntryPoint(import.meta.url)) {
@@ -19,6 +20,7 @@ if (isEntryPoint(import.meta.url)) {
   const replicationOk = await runReplicationBench();
   const switchoverOk = await runSwitchoverBench();
   const syncOk = await runSyncWriteBench();
+  await runFailoverBench();
   const renderOk = await runRenderBench();
   const blockingOk = await runBlockingBench();
   await runDaemonIdleBench();

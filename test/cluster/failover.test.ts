@@ -41,6 +41,10 @@ async function autoCluster(label: string, extra: Record<string, string> = {}): P
     }, 30_000),
     `one master and two following replicas:\n${members.map((m) => m.output().slice(-1500)).join('\n---\n')}`,
   );
+  const views = await Promise.all(members.map(async (m) => (await health(m)).election));
+  const holders = new Set(views.map((v) => v.holder?.node_id));
+  assert.equal(holders.size, 1, `every node names the same holder: ${JSON.stringify(views)}`);
+  assert.equal(views.filter((v) => v.lock_held).length, 1);
   return { root: dir.root, env, members };
 }
 

@@ -19,6 +19,15 @@ export interface ElectedNode {
   fence(reason: string): void;
 }
 
+export interface ElectionStatus {
+  coordinator: string;
+  holder: { node_id: string; url: string; epoch: number } | null;
+  lock_held: boolean;
+  /** How long the lock stays valid since its last renewal was sent; null unless held. */
+  lock_ttl_left_ms: number | null;
+  candidate: boolean;
+}
+
 export type StartDecision = { kind: 'master'; epoch: number } | { kind: 'replica'; holder: LeaderValue };
 
 const TICK_MS = 200;
@@ -64,6 +73,18 @@ export class Elector {
 
   get holder(): LeaderValue | undefined {
     return this.holderValue;
+  }
+
+  /** What /health reports of the election. */
+  status(): ElectionStatus {
+    const h = this.holderValue;
+    return {
+      coordinator: this.c.name,
+      holder: h ? { node_id: h.nodeId, url: h.url, epoch: h.epoch } : null,
+      lock_held: this.lock !== undefined,
+      lock_ttl_left_ms: this.lock ? Math.max(0, Math.round(this.c.ttlMs - (performance.now() - this.lock.renewedAt))) : null,
+      candidate: this.s.candidate,
+    };
   }
 
   /** This node holds the lock and renewed it within half the TTL: it may take writes. */

@@ -127,6 +127,7 @@ export class HaNode {
     );
     this.elector = elector;
     this.role.writeLease = () => elector.leaseFresh();
+    this.role.election = () => elector.status();
     const decision = await elector.start(this.ownTxid());
     let migration: MigrationResult | undefined;
     if (decision.kind === 'master') migration = await this.openMaster(decision.epoch);

@@ -1,6 +1,7 @@
 import type { ReplicationMaster } from '../replication/master/master.js';
 import type { Position } from '../replication/wire/record.js';
 import type { ReplicationReplica } from '../replication/replica/replica.js';
+import type { ElectionStatus } from './elector.js';
 import type { SyncGate } from './semisync.js';
 import type { HaMode, HaState, HaStateMachine } from './states.js';
 import type { Timeline } from './timeline.js';
@@ -34,6 +35,8 @@ export class HaRole {
   replica: ReplicationReplica | undefined;
   /** The master's API URL and node id as this node last learnt them (its stream, a switchover). */
   knownMaster: { url: string; nodeId: string | undefined } | undefined;
+  /** In auto mode: the election as /health reports it. */
+  election: (() => ElectionStatus) | undefined;
   /** In auto mode: whether this node's lock is fresh enough to take writes (fencing before the TTL). */
   writeLease: (() => boolean) | undefined;
   /** Transactions kept in quarantine on this node since it started. */

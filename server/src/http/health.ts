@@ -24,6 +24,16 @@ const healthSchema = z
       .object({ replicas: z.number().int(), mode: z.enum(['strict', 'degrade']), degraded: z.boolean(), holding_head: z.number().int() })
       .optional()
       .openapi({ description: 'Master with NEBULAGC_SYNC_REPLICAS only: how many replicas writes wait for, and how many hold the newest transaction' }),
+    election: z
+      .object({
+        coordinator: z.string(),
+        holder: z.object({ node_id: z.string(), url: z.string(), epoch: z.number().int() }).nullable(),
+        lock_held: z.boolean(),
+        lock_ttl_left_ms: z.number().int().nullable(),
+        candidate: z.boolean(),
+      })
+      .optional()
+      .openapi({ description: 'NEBULAGC_HA_MODE=auto only: the coordinator, the lock holder, and this node’s lock and candidacy' }),
     quarantined_transactions: z.number().int().openapi({ description: 'Diverged transactions this node kept in quarantine since it started (nebulagc-server quarantine list)' }),
     checks: z.object({ database: z.object({ ok: z.boolean(), error: z.string().optional() }) }),
   })
@@ -74,6 +84,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
           ...(role.sync && role.master
             ? { sync: { replicas: role.sync.settings.replicas, mode: role.sync.settings.mode, degraded: role.sync.degraded, holding_head: role.sync.holders(role.master.position.txid) } }
             : {}),
+          ...(role.election ? { election: role.election() } : {}),
           quarantined_transactions: role.quarantinedTransactions,
           checks: { database },
         } as const,
