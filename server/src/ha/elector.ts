@@ -217,11 +217,17 @@ export class Elector {
   }
 
   private async acquire(): Promise<Lock | undefined> {
-    const lock = await this.c.acquire({ nodeId: this.s.nodeId, url: this.node.role.selfUrl }, (why) => {
-      this.log.error({ why }, `the ${this.c.name} lock was lost`);
-      this.lock = undefined;
-      this.schedule(0);
-    });
+    const lock = await this.c.acquire(
+      { nodeId: this.s.nodeId, url: this.node.role.selfUrl },
+      {
+        lost: (why) => {
+          this.log.error({ why }, `the ${this.c.name} lock was lost`);
+          this.lock = undefined;
+          this.schedule(0);
+        },
+        renewFailed: (why) => this.log.warn({ why }, `renewing the ${this.c.name} lock failed`),
+      },
+    );
     if (lock) {
       this.lock = lock;
       this.log.info({ epoch: lock.epoch, coordinator: this.c.name }, 'won the election');

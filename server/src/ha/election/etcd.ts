@@ -1,5 +1,5 @@
 import { Etcd3, type IKeyValue, type Lease } from 'etcd3';
-import type { Coordinator, LeaderValue, Lock, MemberValue } from './coordinator.js';
+import type { Coordinator, Handover, LeaderValue, Lock, LockEvents, MemberValue } from './coordinator.js';
 
 export interface EtcdOptions {
   endpoints: string[];
@@ -41,7 +41,7 @@ export class EtcdCoordinator implements Coordinator {
     return `${this.opts.prefix}/leader`;
   }
 
-  async acquire(value: Omit<LeaderValue, 'epoch'>, onLost: (why: string) => void): Promise<Lock | undefined> {
+  async acquire(value: Omit<LeaderValue, 'epoch'>, events: LockEvents): Promise<Lock | undefined> {
     const lease = this.client.lease(this.opts.ttlS, { autoKeepAlive: true });
     let renewedAt = performance.now();
     let firedAt = renewedAt;
@@ -54,8 +54,11 @@ export class EtcdCoordinator implements Coordinator {
     lease.on('keepaliveSucceeded', () => {
       renewedAt = firedAt;
     });
+    lease.on('keepaliveFailed', () => {
+      if (held) events.renewFailed('the lease keepalive failed');
+    });
     lease.on('lost', (err) => {
-      if (held) onLost(err.message);
+      if (held) events.lost(err.message);
     });
     try {
       const asked = performance.now();
@@ -118,6 +121,23 @@ export class EtcdCoordinator implements Coordinator {
       }
     }
     return out;
+  }
+
+  async setHandover(h: Handover | undefined): Promise<void> {
+    const key = `${this.opts.prefix}/handover`;
+    if (h) await this.client.put(key).value(JSON.stringify(h));
+    else await this.client.delete().key(key);
+  }
+
+  async handover(): Promise<Handover | undefined> {
+    const v = await this.client.get(`${this.opts.prefix}/handover`).string();
+    if (!v) return undefined;
+    try {
+      const h = JSON.parse(v) as Handover;
+      return typeof h.to === 'string' && typeof h.until === 'number' ? h : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   async close(): Promise<void> {
