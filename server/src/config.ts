@@ -57,10 +57,13 @@ export const envSchema = z.object({
   NEBULAGC_NODE_ID: z.string().min(1).default(os.hostname()),
   NEBULAGC_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   NEBULAGC_HA_MODE: z.enum(['standalone', 'master', 'replica', 'auto']).default('standalone'),
-  NEBULAGC_COORDINATOR: z.enum(['etcd']).default('etcd'),
+  NEBULAGC_COORDINATOR: z.enum(['etcd', 'consul']).default('etcd'),
   NEBULAGC_ETCD_ENDPOINTS: z.string().min(1).optional(),
+  NEBULAGC_CONSUL_ADDR: z.url({ protocol: /^https?$/ }).default('http://127.0.0.1:8500'),
+  NEBULAGC_CONSUL_TOKEN: z.string().min(1).optional(),
+  NEBULAGC_FAILSAFE: bool.default(false),
   NEBULAGC_CLUSTER_NAME: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$/, 'must be letters, digits, . _ / -').default('nebulagc'),
-  NEBULAGC_LOCK_TTL_S: positiveInt(2),
+  NEBULAGC_LOCK_TTL_S: z.coerce.number().int().positive().optional(),
   NEBULAGC_MAX_LAG_ON_FAILOVER: z.coerce.number().int().nonnegative().default(0),
   NEBULAGC_FAILOVER_PRIORITY: z.coerce.number().int().default(0),
   NEBULAGC_MASTER_URL: z.url({ protocol: /^https?$/ }).optional(),
@@ -165,9 +168,15 @@ export interface HaConfig {
 export interface AutoConfig {
   coordinator: Env['NEBULAGC_COORDINATOR'];
   etcdEndpoints: string[];
+  consulAddr: string;
+  /** Secret: never logged. */
+  consulToken: string | undefined;
   /** The key prefix in the coordinator. */
   clusterName: string;
+  /** The longest a dead master's lock outlives it, on either coordinator. */
   lockTtlS: number;
+  /** NEBULAGC_FAILSAFE: keep writing through a coordinator outage while every member answers. */
+  failsafe: boolean;
   maxLagOnFailover: number;
   priority: number;
 }
@@ -205,8 +214,13 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
   if (mode !== 'standalone' && !e.NEBULAGC_REPLICATION_SECRET) {
     throw new ConfigError(`invalid NEBULAGC_REPLICATION_SECRET: required when NEBULAGC_HA_MODE=${mode}`);
   }
-  if (mode === 'auto' && !e.NEBULAGC_ETCD_ENDPOINTS) {
-    throw new ConfigError('invalid NEBULAGC_ETCD_ENDPOINTS: required when NEBULAGC_HA_MODE=auto (a comma-separated list of etcd client URLs)');
+  if (mode === 'auto' && e.NEBULAGC_COORDINATOR === 'etcd' && !e.NEBULAGC_ETCD_ENDPOINTS) {
+    throw new ConfigError('invalid NEBULAGC_ETCD_ENDPOINTS: required when NEBULAGC_HA_MODE=auto with NEBULAGC_COORDINATOR=etcd (a comma-separated list of etcd client URLs)');
+  }
+  // Consul keeps a session up to twice its TTL and its minimum is 10 s: the session gets half the lock's TTL.
+  const lockTtlS = e.NEBULAGC_LOCK_TTL_S ?? (e.NEBULAGC_COORDINATOR === 'consul' ? 20 : 2);
+  if (mode === 'auto' && e.NEBULAGC_COORDINATOR === 'consul' && lockTtlS < 20) {
+    throw new ConfigError('invalid NEBULAGC_LOCK_TTL_S: at least 20 with NEBULAGC_COORDINATOR=consul (the session gets half of it, and Consul’s minimum session TTL is 10 s)');
   }
   if (mode === 'replica' && !e.NEBULAGC_MASTER_URL) {
     throw new ConfigError('invalid NEBULAGC_MASTER_URL: required when NEBULAGC_HA_MODE=replica');
@@ -256,9 +270,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
         mode === 'auto'
           ? {
               coordinator: e.NEBULAGC_COORDINATOR,
-              etcdEndpoints: e.NEBULAGC_ETCD_ENDPOINTS!.split(',').map((u) => u.trim()).filter((u) => u.length > 0),
+              etcdEndpoints: (e.NEBULAGC_ETCD_ENDPOINTS ?? '').split(',').map((u) => u.trim()).filter((u) => u.length > 0),
+              consulAddr: e.NEBULAGC_CONSUL_ADDR.replace(/\/+$/, ''),
+              consulToken: e.NEBULAGC_CONSUL_TOKEN,
               clusterName: e.NEBULAGC_CLUSTER_NAME,
-              lockTtlS: e.NEBULAGC_LOCK_TTL_S,
+              lockTtlS,
+              failsafe: e.NEBULAGC_FAILSAFE,
               maxLagOnFailover: e.NEBULAGC_MAX_LAG_ON_FAILOVER,
               priority: e.NEBULAGC_FAILOVER_PRIORITY,
             }

@@ -15,6 +15,8 @@ export const redactPaths = [
   '*.hmacSecret',
   'adminToken',
   '*.adminToken',
+  'consulToken',
+  '*.consulToken',
   'ca_key',
   '*.ca_key',
   'headers.authorization',

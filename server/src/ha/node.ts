@@ -23,7 +23,7 @@ import { SyncGate } from './semisync.js';
 import type { HaRole } from './role.js';
 import { WriterLock } from './writer-lock.js';
 import { Elector } from './elector.js';
-import { EtcdCoordinator } from './election/etcd.js';
+import { coordinatorFor } from './election/from-config.js';
 import path from 'node:path';
 
 export interface HaNodeOptions {
@@ -121,12 +121,19 @@ export class HaNode {
     const auto = config.ha.auto!;
     const elector = new Elector(
       this,
-      new EtcdCoordinator({ endpoints: auto.etcdEndpoints, prefix: auto.clusterName, ttlS: auto.lockTtlS }),
-      { nodeId: config.nodeId, candidate: config.ha.candidate, maxLagOnFailover: auto.maxLagOnFailover, priority: auto.priority },
+      coordinatorFor(auto),
+      {
+        nodeId: config.nodeId,
+        candidate: config.ha.candidate,
+        maxLagOnFailover: auto.maxLagOnFailover,
+        priority: auto.priority,
+        failsafe: auto.failsafe,
+        syncReplicas: config.ha.sync.replicas,
+      },
       log.child({ component: 'election' }),
     );
     this.elector = elector;
-    this.role.writeLease = () => elector.leaseFresh();
+    this.role.writeLease = () => elector.writeAllowed();
     this.role.election = () => elector.status();
     const decision = await elector.start(this.ownTxid());
     let migration: MigrationResult | undefined;
@@ -248,7 +255,7 @@ export class HaNode {
       const { role, log } = { ...this.o, role: this.role };
       const master = role.master;
       if (!master || role.state !== 'master.serving') throw new DomainError('CONFLICT', `only a serving master can switch over (this node is ${role.state})`);
-      if (this.elector) throw new DomainError('CONFLICT', 'in auto mode the election picks the next master: stop this one with SIGTERM, which hands the lock over at once');
+      if (this.elector) return this.switchoverElected(master, to);
       const target = this.pickTarget(master, to);
       const timeoutMs = this.o.config.ha.switchoverTimeoutMs;
       role.machine.to('master.fenced', `switchover to ${target.id}`);
@@ -283,6 +290,62 @@ export class HaNode {
     });
   }
 
+  /**
+   * Auto mode: the lock passes to the target through the coordinator (a handover note names it,
+   * so the other candidates stand back), and this node follows whoever takes it.
+   */
+  private async switchoverElected(master: ReplicationMaster, to: string | undefined): Promise<Handover> {
+    const elector = this.elector!;
+    const target = this.pickTarget(master, to);
+    if (!target.candidate) throw new DomainError('NO_CANDIDATE', `replica ${target.id} is not a candidate (NEBULAGC_CANDIDATE=false): it never runs for master`);
+    const timeoutMs = this.o.config.ha.switchoverTimeoutMs;
+    const head = master.positionNow();
+    await elector.handOver(target.id, () => (master.replicas.get(target.id)?.ackedTxid ?? -1) >= master.positionNow().txid, timeoutMs);
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      const h = elector.holder;
+      if (h && h.nodeId !== this.role.nodeId) {
+        await this.demoteNow(h.url, h.nodeId);
+        elector.handOverEnded();
+        this.o.log.info({ to: h.nodeId, epoch: h.epoch }, 'switchover done');
+        return { node_id: h.nodeId, url: h.url, epoch: h.epoch, position: head };
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    elector.handOverEnded();
+    throw new DomainError('NOT_CAUGHT_UP', `${target.id} did not take the lock within ${timeoutMs} ms; this node runs again`, { target: target.id });
+  }
+
+  /** A fence the election set is lifted once the lock is fresh again, unless a newer epoch exists. */
+  unfence(reason: string): boolean {
+    const { role } = this;
+    const master = role.master;
+    if (role.state !== 'master.fenced' || !master || this.busy) return false;
+    if (role.timeline.highestSeen > master.position.epoch) return false;
+    this.o.nodes.store.writer.allow();
+    role.machine.to('master.serving', reason);
+    this.o.log.warn({ reason }, 'unfenced: this master takes writes again');
+    return true;
+  }
+
+  /** Failsafe: asks a member whether it still follows this master. */
+  async failsafePing(url: string, timeoutMs: number): Promise<boolean> {
+    const client = this.clientFor(url);
+    try {
+      const r = await client.json('POST', PATHS.failsafe, { node_id: this.role.nodeId, epoch: this.role.epoch }, timeoutMs);
+      return r.status === 200;
+    } catch {
+      return false;
+    } finally {
+      client.close();
+    }
+  }
+
+  /** A master's failsafe round reached this replica: true when it follows that master. */
+  noteFailsafe(fromNodeId: string): boolean {
+    return this.elector?.noteFailsafe(fromNodeId) ?? false;
+  }
+
   /** A master that hears of a higher epoch is stale: it stops taking writes at once. */
   fence(reason: string): void {
     const { role } = this;
@@ -301,7 +364,8 @@ export class HaNode {
     if (!master || this.role.state !== 'master.serving') return;
     const head = master.positionNow().txid;
     if (this.elector) {
-      await this.elector.releaseForHandover(() => [...master.replicas.values()].some((r) => r.connected && r.candidate && r.ackedTxid >= head));
+      const target = [...master.replicas.values()].some((r) => r.connected && r.candidate && r.url) ? this.pickTarget(master, undefined) : undefined;
+      if (target) await this.elector.handOver(target.id, () => (master.replicas.get(target.id)?.ackedTxid ?? -1) >= head, 2000);
       return;
     }
     const connected = [...master.replicas.values()].filter((r) => r.connected);
@@ -393,19 +457,19 @@ export class HaNode {
     return { node_id: this.role.nodeId, url: this.role.selfUrl, epoch: pos.epoch, position: pos };
   }
 
-  private pickTarget(master: ReplicationMaster, to: string | undefined): { id: string; url: string } {
+  private pickTarget(master: ReplicationMaster, to: string | undefined): { id: string; url: string; candidate: boolean } {
     const views = [...master.replicas.values()];
     if (to !== undefined) {
       const v = views.find((r) => r.id === to);
       if (!v) throw new DomainError('NOT_FOUND', `no replica ${to} is known to this master`);
       if (!v.connected || !v.url) throw new DomainError('NO_CANDIDATE', `replica ${to} is not connected`);
-      return { id: v.id, url: v.url };
+      return { id: v.id, url: v.url, candidate: v.candidate };
     }
     const best = views
       .filter((r) => r.connected && r.candidate && r.url)
       .sort((a, b) => b.ackedTxid - a.ackedTxid || b.sentTxid - a.sentTxid || a.id.localeCompare(b.id))[0];
     if (!best) throw new DomainError('NO_CANDIDATE', 'no connected candidate replica to hand over to');
-    return { id: best.id, url: best.url! };
+    return { id: best.id, url: best.url!, candidate: true };
   }
 
   /** After an unclear answer (a timeout), whether the target took over all the same. */

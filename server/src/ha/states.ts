@@ -71,7 +71,7 @@ export const TRANSITIONS: Record<HaState, Partial<Record<HaState, string>>> = {
     stopped: 'shutdown',
   },
   'master.fenced': {
-    'master.serving': 'the switchover was called off',
+    'master.serving': 'the switchover was called off, or the election’s lock is fresh again',
     demoting: 'demote',
     stopped: 'shutdown',
   },

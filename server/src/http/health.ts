@@ -1,6 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { App, Deps } from './context.js';
-import { ok, positionSchema } from './schemas.js';
+import { syncAndElection } from './ha-view.js';
+import { electionSchema, ok, positionSchema, syncSchema } from './schemas.js';
 import { VERSION } from '../version.js';
 import { HA_STATES } from '../ha/states.js';
 
@@ -20,20 +21,8 @@ const healthSchema = z
     durable_position: positionSchema.nullable().optional().openapi({ description: 'Replica only: newest transaction on disk, the one acknowledged to the master' }),
     lag: z.object({ transactions: z.number(), ms: z.number().nullable() }),
     replicas: z.number().int().optional(),
-    sync: z
-      .object({ replicas: z.number().int(), mode: z.enum(['strict', 'degrade']), degraded: z.boolean(), holding_head: z.number().int() })
-      .optional()
-      .openapi({ description: 'Master with NEBULAGC_SYNC_REPLICAS only: how many replicas writes wait for, and how many hold the newest transaction' }),
-    election: z
-      .object({
-        coordinator: z.string(),
-        holder: z.object({ node_id: z.string(), url: z.string(), epoch: z.number().int() }).nullable(),
-        lock_held: z.boolean(),
-        lock_ttl_left_ms: z.number().int().nullable(),
-        candidate: z.boolean(),
-      })
-      .optional()
-      .openapi({ description: 'NEBULAGC_HA_MODE=auto only: the coordinator, the lock holder, and this node’s lock and candidacy' }),
+    sync: syncSchema.optional(),
+    election: electionSchema.optional(),
     quarantined_transactions: z.number().int().openapi({ description: 'Diverged transactions this node kept in quarantine since it started (nebulagc-server quarantine list)' }),
     checks: z.object({ database: z.object({ ok: z.boolean(), error: z.string().optional() }) }),
   })
@@ -81,10 +70,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
           ...(role.replica ? { durable_position: role.replica.durablePosition ?? null } : {}),
           lag: { transactions: lag.transactions, ms: Number.isFinite(lag.ms) ? Math.round(lag.ms * 1000) / 1000 : null },
           ...(role.master ? { replicas: role.master.connectedReplicas } : {}),
-          ...(role.sync && role.master
-            ? { sync: { replicas: role.sync.settings.replicas, mode: role.sync.settings.mode, degraded: role.sync.degraded, holding_head: role.sync.holders(role.master.position.txid) } }
-            : {}),
-          ...(role.election ? { election: role.election() } : {}),
+          ...syncAndElection(role),
           quarantined_transactions: role.quarantinedTransactions,
           checks: { database },
         } as const,

@@ -5,6 +5,7 @@ import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
 import type { HaRole } from '../ha/role.js';
 import { HA_STATES } from '../ha/states.js';
 import type { VersionWaiters } from './blocking/version-waiters.js';
+import type { ElectionStatus } from '../ha/elector.js';
 import { DeferredCounter, DeferredHistogram, type CountHandle } from './deferred-metrics.js';
 
 export interface MetricSources {
@@ -281,6 +282,42 @@ export class Metrics {
       registers,
       collect() {
         for (const s of HA_STATES) this.set({ state: s }, role.state === s ? 1 : 0);
+      },
+    });
+    const election = (): ElectionStatus | undefined => role.election?.();
+    new Gauge({
+      name: 'nebulagc_ha_coordinator_up',
+      help: 'auto mode: 1 while the coordinator answers this node, 0 during an outage (absent in static modes)',
+      registers,
+      collect() {
+        this.reset();
+        const e = election();
+        if (e) this.set(e.coordinator_reachable ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'nebulagc_ha_lock_renewal_errors_total',
+      help: 'auto mode: renewals of the leader lock that failed (the lock may still be held until its TTL)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(election()?.lock_renewal_errors ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'nebulagc_ha_lock_held',
+      help: 'auto mode: 1 while this node holds the leader lock',
+      registers,
+      collect() {
+        this.set(election()?.lock_held ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'nebulagc_ha_failsafe_active',
+      help: 'auto mode with NEBULAGC_FAILSAFE: 1 while this master writes without a fresh lock because every member answered it',
+      registers,
+      collect() {
+        this.set(election()?.failsafe_active ? 1 : 0);
       },
     });
     new Gauge({

@@ -4,6 +4,24 @@ import { errorSchema } from './errors.js';
 /** A replication position: (epoch, txid) and the database checksum after it. */
 export const positionSchema = z.object({ epoch: z.number().int(), txid: z.number().int(), checksum: z.string() });
 
+export const syncSchema = z
+  .object({ replicas: z.number().int(), mode: z.enum(['strict', 'degrade']), degraded: z.boolean(), holding_head: z.number().int() })
+  .openapi('SyncState', { description: 'Master with NEBULAGC_SYNC_REPLICAS only: how many replicas writes wait for, and how many hold the newest transaction' });
+
+export const electionSchema = z
+  .object({
+    coordinator: z.string(),
+    holder: z.object({ node_id: z.string(), url: z.string(), epoch: z.number().int() }).nullable(),
+    lock_held: z.boolean(),
+    lock_ttl_left_ms: z.number().int().nullable(),
+    candidate: z.boolean(),
+    coordinator_reachable: z.boolean(),
+    lock_renewal_errors: z.number().int(),
+    failsafe: z.boolean(),
+    failsafe_active: z.boolean(),
+  })
+  .openapi('Election', { description: 'NEBULAGC_HA_MODE=auto only: the coordinator, the lock holder, and this node’s lock, candidacy and failsafe state' });
+
 /** Response and query schemas, published in /openapi.json. Request bodies come from domain/validation.ts. */
 export const tenantSchema = z
   .object({ id: z.string(), name: z.string(), created_at: z.string(), updated_at: z.string() })

@@ -19,6 +19,17 @@ export interface MemberValue {
   txid: number;
   candidate: boolean;
   priority: number;
+  /**
+   * A master with NEBULAGC_SYNC_REPLICAS: its sync set as of this record, so after its death a
+   * candidate knows which replicas may hold acknowledged writes it lacks.
+   */
+  sync?: SyncMember[];
+}
+
+export interface SyncMember {
+  id: string;
+  connected: boolean;
+  ackedTxid: number;
 }
 
 /** A planned handover names its target, so the other candidates stand back while the lock passes. */

@@ -1,7 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { requireOperator } from '../../domain/auth.js';
 import type { App, Deps } from '../context.js';
-import { errors, ok, positionSchema, security } from '../schemas.js';
+import { syncAndElection } from '../ha-view.js';
+import { electionSchema, errors, ok, positionSchema, security, syncSchema } from '../schemas.js';
 
 const lagSchema = z.object({ transactions: z.number(), ms: z.number().nullable() });
 const replicaSchema = z
@@ -23,6 +24,8 @@ const statusSchema = z
     position: positionSchema.nullable(),
     lag: lagSchema,
     replicas: z.array(replicaSchema),
+    sync: syncSchema.optional(),
+    election: electionSchema.optional(),
   })
   .openapi('ClusterStatus');
 
@@ -50,6 +53,7 @@ export function registerClusterStatusRoutes(app: App, { config, role }: Deps): v
           position: role.position ?? null,
           lag: { transactions: lag.transactions, ms: finite(lag.ms) },
           replicas: role.replicas(),
+          ...syncAndElection(role),
         },
         200,
       );

@@ -39,6 +39,7 @@ const ackBody = z.object({
 });
 
 const positionBody = z.object({ epoch: z.number().int().min(0), txid: z.number().int().min(0), checksum: z.string().regex(/^[0-9a-f]{16}$/) });
+const failsafeBody = z.object({ node_id: z.string().min(1).max(128), epoch: z.number().int().nonnegative() });
 const promoteBody = z.object({ expect: positionBody, timeout_ms: z.number().int().positive().max(60_000).optional() });
 
 const lighthouseRegistration = z.strictObject({
@@ -171,6 +172,15 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
   app.post(PATHS.promote, async (c) => {
     const req = parse(promoteBody, await c.req.json());
     return c.json(await node.promote({ expect: req.expect, timeoutMs: req.timeout_ms }), 200);
+  });
+
+  // A master that lost the coordinator (NEBULAGC_FAILSAFE) asks whether this replica still follows it.
+  app.post(PATHS.failsafe, async (c) => {
+    const req = parse(failsafeBody, await c.req.json());
+    if (!node.noteFailsafe(req.node_id)) {
+      return errorResponse(c, 'CONFLICT', `this node does not follow ${req.node_id} (${role.state}, master ${role.masterNodeId ?? 'unknown'})`);
+    }
+    return c.json({ ok: true }, 200);
   });
 
   // A replica's built-in lighthouse: the master signs its key and writes its row.

@@ -13,6 +13,7 @@ export const PATHS = {
   snapshot: '/internal/v1/replication/snapshot',
   ack: '/internal/v1/replication/ack',
   promote: '/internal/v1/ha/promote',
+  failsafe: '/internal/v1/ha/failsafe',
   heartbeats: '/internal/v1/heartbeats',
   lighthouses: '/internal/v1/lighthouses',
 } as const;
