@@ -92,6 +92,8 @@ export class Elector {
   private knownMembers: MemberValue[] = [];
   /** The master's sync set as its member record last gave it. */
   private lastSyncSet: SyncMember[] | undefined;
+  private failsafeTimer: NodeJS.Timeout | undefined;
+  private roundInFlight = false;
 
   constructor(
     private readonly node: ElectedNode,
@@ -146,7 +148,7 @@ export class Elector {
     const until = Date.now() + START_PATIENCE_MS;
     for (;;) {
       await this.publish(txid, true);
-      const holder = await this.c.holder();
+      const holder = await this.bounded('a holder read', this.c.holder());
       this.holderValue = holder;
       if (holder && holder.nodeId !== this.s.nodeId) return { kind: 'replica', holder };
       // A holder with our id is a lock this node held before a restart: it expires within the TTL.
@@ -162,6 +164,7 @@ export class Elector {
   /** Starts the loop that keeps the node's role in step with the lock. */
   run(): void {
     this.schedule(TICK_MS);
+    if (this.s.failsafe) this.failsafeTimer = setInterval(() => void this.failsafeTick(), TICK_MS);
   }
 
   /**
@@ -176,9 +179,7 @@ export class Elector {
     this.node.fence(`handing the lock over to ${targetId}`);
     const until = Date.now() + waitMs;
     while (!caughtUp() && Date.now() < until) await wait(10);
-    await this.c
-      .setHandover({ from: this.s.nodeId, to: targetId, until: Date.now() + HANDOVER_MS })
-      .catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'could not write the handover note; the election decides'));
+    await this.bounded('the handover note', this.c.setHandover({ from: this.s.nodeId, to: targetId, until: Date.now() + HANDOVER_MS })).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'could not write the handover note; the election decides'));
     this.log.info({ to: targetId, caught_up: caughtUp() }, 'handing the lock over');
     await this.releaseLock();
   }
@@ -200,9 +201,23 @@ export class Elector {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    clearInterval(this.failsafeTimer);
     this.unwatch?.();
     await this.releaseLock();
     await this.c.close();
+  }
+
+  /**
+   * A coordinator call that gets no answer (a partition drops packets, so no error comes either)
+   * must not stall the loop: it fails after half the TTL, at least a second.
+   */
+  private bounded<T>(what: string, p: Promise<T>): Promise<T> {
+    const ms = Math.max(1000, this.c.ttlMs / 2);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${this.c.name} did not answer ${what} within ${ms} ms`)), ms);
+    });
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
   }
 
   private lockAgeMs(): number {
@@ -264,8 +279,6 @@ export class Elector {
       await this.node.follow(holder.url, holder.nodeId);
       return;
     }
-    // Rounds start before the lease goes stale, so writes do not pause at the switch to failsafe.
-    if (this.s.failsafe && !this.handingOver && this.lockAgeMs() > this.c.ttlMs * 0.3) await this.failsafeRound();
     if (role.state === 'master.serving' && !this.writeAllowed()) {
       this.leaseFenced = true;
       this.node.fence(this.lock ? `the ${this.c.name} lock was not renewed within half its TTL` : `this node lost the ${this.c.name} lock`);
@@ -290,8 +303,28 @@ export class Elector {
     await this.releaseLock();
   }
 
+  /**
+   * Its own loop, so a coordinator call that hangs cannot delay it. Rounds start before the lease
+   * goes stale, so writes do not pause at the switch to failsafe. A fenced master sends none: the
+   * replicas must be free to elect once it has stopped writing.
+   */
+  private async failsafeTick(): Promise<void> {
+    const role = this.node.role;
+    if (this.roundInFlight || this.handingOver || role.state !== 'master.serving' || this.lockAgeMs() <= this.c.ttlMs * 0.3) return;
+    this.roundInFlight = true;
+    try {
+      await this.failsafeRound();
+    } finally {
+      this.roundInFlight = false;
+    }
+  }
+
   private async failsafeRound(): Promise<void> {
-    const peers = this.knownMembers.filter((m) => m.nodeId !== this.s.nodeId);
+    // Every member the coordinator last listed, and every replica this master has known: any of
+    // them that is alive and not answering could be running for master.
+    const urls = new Map(this.knownMembers.filter((m) => m.nodeId !== this.s.nodeId).map((m) => [m.nodeId, m.url]));
+    for (const v of this.node.role.master?.replicas.values() ?? []) if (v.url && v.id !== this.s.nodeId) urls.set(v.id, v.url);
+    const peers = [...urls].map(([nodeId, url]) => ({ nodeId, url }));
     const sentAt = performance.now();
     const replies = await Promise.all(peers.map((m) => this.node.failsafePing(m.url, Math.min(PROBE_MS, this.c.ttlMs / 4))));
     const silent = peers.filter((_, i) => !replies[i]).map((m) => m.nodeId);
@@ -319,7 +352,7 @@ export class Elector {
     const lock = await this.acquire();
     if (!lock) return;
     // Between the comparison and the lock a member may have published a newer position.
-    const ahead = decision === 'run' ? await this.reachableAhead(at.txid, await this.c.members()) : undefined;
+    const ahead = decision === 'run' ? await this.reachableAhead(at.txid, await this.bounded('a members read', this.c.members())) : undefined;
     if (ahead) {
       this.log.warn({ txid: at.txid, ahead: ahead.nodeId, ahead_txid: ahead.txid }, 'won the lock but a reachable member is further ahead: releasing it');
       await this.releaseLock();
@@ -327,7 +360,7 @@ export class Elector {
     }
     try {
       await this.node.promoteElected(lock.epoch);
-      await this.c.setHandover(undefined).catch(() => undefined);
+      await this.bounded('a handover delete', this.c.setHandover(undefined)).catch(() => undefined);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'won the election but could not promote: releasing the lock');
       await this.releaseLock();
@@ -349,13 +382,13 @@ export class Elector {
       this.log.info('not running: the master is alive in failsafe mode');
       return 'no';
     }
-    const handover = await this.c.handover();
+    const handover = await this.bounded('a handover read', this.c.handover());
     const planned = handover !== undefined && handover.until > Date.now() ? handover : undefined;
     if (planned && planned.to !== this.s.nodeId) {
       this.log.debug({ to: planned.to }, 'not running: a planned handover names another node');
       return 'no';
     }
-    const members = await this.c.members();
+    const members = await this.bounded('a members read', this.c.members());
     const compared = members.filter((m) => m.nodeId !== this.s.nodeId).map((m) => ({ id: m.nodeId, txid: m.txid }));
     if (!planned) {
       const ahead = await this.reachableAhead(txid, members);
@@ -396,7 +429,7 @@ export class Elector {
   }
 
   private async acquire(): Promise<Lock | undefined> {
-    const lock = await this.c.acquire(
+    const asked = this.c.acquire(
       { nodeId: this.s.nodeId, url: this.node.role.selfUrl },
       {
         lost: (why) => {
@@ -410,6 +443,14 @@ export class Elector {
         },
       },
     );
+    let lock: Lock | undefined;
+    try {
+      lock = await this.bounded('a lock request', asked);
+    } catch (err) {
+      // Given up on, it may still succeed: a lock nobody here knows of must not stay held.
+      void asked.then((late) => late?.release()).catch(() => undefined);
+      throw err;
+    }
     if (lock) {
       this.lock = lock;
       this.log.info({ epoch: lock.epoch, coordinator: this.c.name }, 'won the election');
@@ -420,7 +461,7 @@ export class Elector {
   private async releaseLock(): Promise<void> {
     const lock = this.lock;
     this.lock = undefined;
-    await lock?.release().catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'could not release the lock; it expires with its TTL'));
+    if (lock) await this.bounded('a lock release', lock.release()).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'could not release the lock; it expires with its TTL'));
   }
 
   private async publish(txid: number, now: boolean): Promise<void> {
@@ -431,8 +472,8 @@ export class Elector {
     if (this.s.syncReplicas > 0 && role.master) {
       me.sync = [...role.master.replicas.values()].filter((v) => v.syncEligible).map((v) => ({ id: v.id, connected: v.connected, ackedTxid: v.ackedTxid }));
     }
-    await this.c.publish(me);
-    const members = await this.c.members();
+    await this.bounded('a member record', this.c.publish(me));
+    const members = await this.bounded('a members read', this.c.members());
     this.coordinatorAnswered();
     this.knownMembers = members;
     const holderId = this.holderValue?.nodeId;
