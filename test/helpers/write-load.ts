@@ -16,7 +16,8 @@ export interface Ack {
  */
 export class WriteLoad {
   readonly acks: Ack[] = [];
-  readonly retries = { redirects: 0, unavailable: 0, errors: 0 };
+  /** syncTimeouts: 503 SYNC_TIMEOUT, a write that may or may not have been committed (retried under the same name). */
+  readonly retries = { redirects: 0, unavailable: 0, syncTimeouts: 0, errors: 0 };
   private running = false;
   private loop: Promise<void> | undefined;
 
@@ -82,7 +83,8 @@ export class WriteLoad {
         continue;
       }
       if (res.status === 503) {
-        this.retries.unavailable++;
+        if (body.code === 'SYNC_TIMEOUT') this.retries.syncTimeouts++;
+        else this.retries.unavailable++;
         await new Promise((r) => setTimeout(r, 2));
         continue;
       }
