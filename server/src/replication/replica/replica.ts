@@ -139,6 +139,8 @@ export class ReplicationReplica {
     this.upstream = upstream;
     this.masterPosition = undefined;
     this.abort?.abort(new Error(`now following ${upstream.url}`));
+    // A new master is up now: a reconnect backoff counted against the dead one must not delay it.
+    this.wakeFromBackoff?.();
     old.close();
   }
 
