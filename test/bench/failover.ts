@@ -15,18 +15,13 @@ import { health, tenantNames } from '../helpers/probes.js';
 import { WriteLoad } from '../helpers/write-load.js';
 import { FakeConsul } from '../fakes/fake-consul.js';
 import { isEntryPoint } from './entry.js';
-import { fmt, printTable } from './harness.js';
+import { fmt, printTable, quantile } from './harness.js';
 
 const ROUNDS = Number(process.env.BENCH_FAILOVER_ROUNDS ?? 20);
 const COORDINATOR = process.env.BENCH_COORDINATOR === 'consul' ? 'consul' : 'etcd';
 const SYNC = Number(process.env.BENCH_SYNC_REPLICAS ?? 0);
 /** The TTL the coordinator is given: etcd's lease, Consul's session. */
 const TTL_S = COORDINATOR === 'etcd' ? 2 : 10;
-
-const quantile = (xs: number[], q: number): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
-};
 
 async function coordinator(): Promise<{ spec: CoordinatorSpec; stop(): Promise<void> }> {
   if (COORDINATOR === 'etcd') {

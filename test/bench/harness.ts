@@ -220,5 +220,11 @@ export function printTable(headers: string[], rows: string[][]): void {
   for (const r of rows) console.log(line(r));
 }
 
+/** The q-quantile of `xs` (nearest rank). */
+export const quantile = (xs: number[], q: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+};
+
 export const fmt = (n: number | undefined, digits = 0): string =>
   n === undefined ? '–' : n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });

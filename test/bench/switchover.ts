@@ -14,16 +14,11 @@ import { tenantNames } from '../helpers/probes.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
 import { WriteLoad } from '../helpers/write-load.js';
 import { isEntryPoint } from './entry.js';
-import { fmt, printTable } from './harness.js';
+import { fmt, printTable, quantile } from './harness.js';
 
 const ROUNDS = Number(process.env.BENCH_SWITCHOVER_ROUNDS ?? 20);
 const ON_ETCD = process.env.BENCH_COORDINATOR === 'etcd';
 const op = { authorization: `Bearer ${TEST_ADMIN_TOKEN}` };
-
-const quantile = (xs: number[], q: number): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
-};
 
 /** Three nodes: a static master and two replicas, or (on etcd) three in auto mode. */
 async function threeNodes(): Promise<{ nodes: ServerProcess[]; master: ServerProcess; close(): Promise<void> }> {

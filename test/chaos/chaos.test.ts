@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { startAutoCluster, masterOf, type AutoCluster } from '../helpers/auto-cluster.js';
+import { masterOf, masterWatch, startAutoCluster, type AutoCluster } from '../helpers/auto-cluster.js';
 import { waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { startEtcdCluster, type EtcdCluster } from '../helpers/etcd.js';
 import { health, isMaster, tenantNames } from '../helpers/probes.js';
@@ -38,23 +38,12 @@ describe('chaos', { timeout: (SECONDS + 240) * 1000 }, () => {
     const nodes = new Map(c.members.map((m) => [m.name, m]));
     const live = (): ServerProcess[] => [...nodes.values()];
 
-    let most = 0;
-    let masters: string[] = [];
-    let watching = true;
-    const watcher = (async () => {
-      while (watching) {
-        const up = live();
-        const answers = await Promise.all(up.map((n) => isMaster(n).catch(() => false)));
-        const now = up.filter((_, i) => answers[i]).map((n) => n.name);
-        most = Math.max(most, now.length);
-        if (now.length === 1 && masters.at(-1) !== now[0]) masters.push(now[0]!);
-        await sleep(50);
-      }
-    })();
+    const watch = masterWatch(live);
 
     const load = new WriteLoad(c.members.map((m) => m.url), 'chaos');
     load.start();
     const faults: string[] = [];
+    let watched = { most: 0, masters: [] as string[] };
     const until = Date.now() + SECONDS * 1000;
     try {
       while (Date.now() < until) {
@@ -89,8 +78,7 @@ describe('chaos', { timeout: (SECONDS + 240) * 1000 }, () => {
         assert.ok(settled, `the cluster settles after ${faults.at(-1)}:\n${live().map((n) => `${n.name}:\n${n.output().slice(-2000)}`).join('\n---\n')}`);
       }
     } finally {
-      watching = false;
-      await watcher;
+      watched = await watch.stop();
     }
     const acks = await load.stop();
     const master = (await masterOf(live()))!;
@@ -102,9 +90,9 @@ describe('chaos', { timeout: (SECONDS + 240) * 1000 }, () => {
       const names = tenantNames(n);
       assert.deepEqual(acks.filter((a) => !names.has(a.name)).map((a) => a.name), [], `${n.name} holds every acknowledged write`);
     }
-    assert.equal(most, 1, 'never two nodes answering /health/master 200 at once');
+    assert.equal(watched.most, 1, 'never two nodes answering /health/master 200 at once');
     t.diagnostic(
-      `chaos: ${SECONDS} s, ${faults.length} faults (${faults.join('; ')}), ${masters.length - 1} changes of master, ${acks.length} writes acknowledged, ${load.retries.syncTimeouts} answered 503 SYNC_TIMEOUT, ${load.retries.unavailable} other 503s`,
+      `chaos: ${SECONDS} s, ${faults.length} faults (${faults.join('; ')}), ${watched.masters.length - 1} changes of master, ${acks.length} writes acknowledged, ${load.retries.syncTimeouts} answered 503 SYNC_TIMEOUT, ${load.retries.unavailable} other 503s`,
     );
   });
 });

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { startAutoCluster, masterOf, type AutoCluster, type CoordinatorSpec } from '../helpers/auto-cluster.js';
+import { masterOf, masterWatch, startAutoCluster, type AutoCluster, type CoordinatorSpec } from '../helpers/auto-cluster.js';
 import { waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { startEtcd, startEtcdCluster, type EtcdServer } from '../helpers/etcd.js';
 import { health, isMaster, tenantNames } from '../helpers/probes.js';
@@ -40,26 +40,6 @@ const write = async (n: ServerProcess, name: string): Promise<number> => (await 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const state = async (n: ServerProcess): Promise<string> => (await health(n)).ha_state as string;
 const logs = (c: AutoCluster): string => c.members.map((m) => `${m.name}:\n${m.output().slice(-2500)}`).join('\n---\n');
-
-/** Samples every node's /health/master until stopped; the most that answered 200 at once. */
-function masterWatch(nodes: () => ServerProcess[]): { stop(): Promise<number> } {
-  let most = 0;
-  let running = true;
-  const loop = (async () => {
-    while (running) {
-      const answers = await Promise.all(nodes().map((n) => isMaster(n).catch(() => false)));
-      most = Math.max(most, answers.filter(Boolean).length);
-      await sleep(50);
-    }
-  })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return most;
-    },
-  };
-}
 
 describe('elections on etcd: partitions, outages, candidates', { timeout: 600_000 }, () => {
   it('a master cut off from etcd but not from its replicas fences within half the TTL; a replica takes over; healed, the old master follows it', async (t) => {
@@ -129,7 +109,7 @@ describe('elections on etcd: partitions, outages, candidates', { timeout: 600_00
     c.apiGates.get(master.name)!.blackhole();
     const watch = masterWatch(() => c.members);
     await sleep(3 * TTL_MS);
-    const most = await watch.stop();
+    const { most } = await watch.stop();
     assert.equal(most, 1, 'never two masters');
     assert.ok(await isMaster(master), 'the master still serves');
     for (const r of others) assert.ok((await state(r)).startsWith('replica'), `${r.name} stayed a replica`);
@@ -161,7 +141,7 @@ describe('elections on etcd: partitions, outages, candidates', { timeout: 600_00
       assert.ok(await waitUntil(() => load.acks.length >= before + 20, 20_000), 'writes flow again');
       t.diagnostic(`etcd back -> a master serving: ${Math.round(performance.now() - backAt)} ms`);
       const acks = await load.stop();
-      assert.equal(await watch.stop(), 1, 'never two masters at once');
+      assert.equal((await watch.stop()).most, 1, 'never two masters at once');
       const master = (await masterOf(c.members))!;
       const names = tenantNames(master);
       assert.deepEqual(acks.filter((a) => !names.has(a.name)).map((a) => a.name), [], 'every acknowledged write is on the master');

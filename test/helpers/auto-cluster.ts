@@ -42,6 +42,35 @@ export async function masterOf(members: ServerProcess[]): Promise<ServerProcess 
   return undefined;
 }
 
+export interface MasterWatch {
+  /** Stops sampling; `most` is the largest number of nodes that answered 200 at once, `masters` each new sole master in turn. */
+  stop(): Promise<{ most: number; masters: string[] }>;
+}
+
+/** Samples every node's /health/master every 50 ms until stopped. */
+export function masterWatch(nodes: () => ServerProcess[]): MasterWatch {
+  let most = 0;
+  const masters: string[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const up = nodes();
+      const answers = await Promise.all(up.map((n) => isMaster(n).catch(() => false)));
+      const now = up.filter((_, i) => answers[i]).map((n) => n.name);
+      most = Math.max(most, now.length);
+      if (now.length === 1 && masters.at(-1) !== now[0]) masters.push(now[0]!);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      return { most, masters };
+    },
+  };
+}
+
 /** Nodes started with NEBULAGC_HA_MODE=auto on one coordinator; by default waits for one master and the rest following. */
 export async function startAutoCluster(label: string, coordinator: CoordinatorSpec, opts: AutoClusterOptions = {}): Promise<AutoCluster> {
   const dir = clusterDir(label);

@@ -1,12 +1,9 @@
+import type { z } from '@hono/zod-openapi';
 import type { ElectionStatus } from '../ha/elector.js';
 import type { HaRole } from '../ha/role.js';
+import type { syncSchema } from './schemas.js';
 
-export interface SyncView {
-  replicas: number;
-  mode: 'strict' | 'degrade';
-  degraded: boolean;
-  holding_head: number;
-}
+type SyncView = z.infer<typeof syncSchema>;
 
 /** The sync state (a master with NEBULAGC_SYNC_REPLICAS) and the election (auto mode), as /health and /cluster/status show them. */
 export function syncAndElection(role: HaRole): { sync?: SyncView; election?: ElectionStatus } {
