@@ -35,6 +35,18 @@ describe('system endpoints', () => {
     for (const p of ['/health/live', '/health/ready', '/health/master']) assert.equal((await call(s.url, 'GET', p)).status, 200, p);
   });
 
+  it('every health route answers HEAD with the status GET gives, and no body, so load balancers can check with HEAD', async () => {
+    const routes = ['/health', '/health/live', '/health/ready', '/health/master', '/health/replica', '/health/replica?max_lag_ms=100', '/version'];
+    for (const p of routes) {
+      const get = await fetch(s.url + p);
+      await get.arrayBuffer();
+      const head = await fetch(s.url + p, { method: 'HEAD' });
+      assert.equal(head.status, get.status, `HEAD ${p}`);
+      assert.equal((await head.arrayBuffer()).byteLength, 0, `HEAD ${p} has no body`);
+    }
+    assert.equal((await fetch(s.url + '/health/replica', { method: 'HEAD' })).status, 503, 'a standalone node is not a replica');
+  });
+
   it('/health/master and /health report a node that refuses writes, and the write path says so', async () => {
     s.server.store.writer.refuse('test');
     try {

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { RateLimiter } from '../../server/src/http/middleware/rate-limit.js';
+import type { Context } from 'hono';
+import type { AppEnv } from '../../server/src/http/context.js';
+import { clientIp, RateLimiter } from '../../server/src/http/middleware/rate-limit.js';
 
 const T0 = 1_700_000_000_000;
 
@@ -83,5 +85,20 @@ describe('RateLimiter', () => {
     // The 10,000th take sweeps; by then every bucket has refilled.
     rl.take('late', T0 + 60_000);
     assert.ok(rl.size <= 1, `expected the idle buckets swept, ${rl.size} remain`);
+  });
+});
+
+describe('clientIp', () => {
+  const ctx = (forwarded: string | undefined): Context<AppEnv> =>
+    ({ req: { header: () => forwarded }, env: { incoming: { socket: { remoteAddress: '10.0.0.9' } } } }) as unknown as Context<AppEnv>;
+
+  it('takes the socket address unless the proxy is trusted', () => {
+    assert.equal(clientIp(ctx('203.0.113.7'), false), '10.0.0.9');
+    assert.equal(clientIp(ctx(undefined), true), '10.0.0.9');
+  });
+
+  it('behind a trusted proxy, takes the entry the proxy appended, not one the client sent', () => {
+    assert.equal(clientIp(ctx('203.0.113.7'), true), '203.0.113.7');
+    assert.equal(clientIp(ctx('1.2.3.4, 203.0.113.7'), true), '203.0.113.7');
   });
 });

@@ -88,7 +88,9 @@ interface NodeBindings {
 
 export function clientIp(c: Context<AppEnv>, trustProxy: boolean): string {
   if (trustProxy) {
-    const forwarded = c.req.header('x-forwarded-for')?.split(',')[0]?.trim();
+    // The rightmost entry is the one our proxy appended; anything left of it came from the
+    // client and would let it pick its own rate-limit key.
+    const forwarded = c.req.header('x-forwarded-for')?.split(',').at(-1)?.trim();
     if (forwarded) return forwarded;
   }
   // What getConnInfo() from @hono/node-server reads, without building its result objects.
