@@ -78,6 +78,7 @@ export const envSchema = z.object({
   NEBULAGC_REPLICA_WRITES: z.enum(['redirect', 'proxy', 'reject']).default('redirect'),
   NEBULAGC_MAX_REPLICA_LAG_MS: positiveInt(5000),
   NEBULAGC_MIN_TXID_WAIT_MS: nonNegative(2000),
+  NEBULAGC_ROLE_CHANGE_HOLD_MS: nonNegative(3000),
   NEBULAGC_STALE_READS: z.enum(['unavailable', 'redirect']).default('unavailable'),
   NEBULAGC_REPLICATION_LOG_BYTES: positiveInt(256 * 1024 * 1024),
   NEBULAGC_REPLICATION_LOG_MAX_AGE_S: positiveInt(24 * 3600),
@@ -189,6 +190,8 @@ export interface ReplicationConfig {
   replicaWrites: Env['NEBULAGC_REPLICA_WRITES'];
   maxReplicaLagMs: number;
   minTxidWaitMs: number;
+  /** How long a request that meets a node between roles waits for the change to finish before it is refused. */
+  roleChangeHoldMs: number;
   staleReads: Env['NEBULAGC_STALE_READS'];
   log: { maxBytes: number; maxAgeMs: number; memoryBytes: number };
   walCheckpointBytes: number;
@@ -253,6 +256,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
       replicaWrites: e.NEBULAGC_REPLICA_WRITES,
       maxReplicaLagMs: e.NEBULAGC_MAX_REPLICA_LAG_MS,
       minTxidWaitMs: e.NEBULAGC_MIN_TXID_WAIT_MS,
+      roleChangeHoldMs: e.NEBULAGC_ROLE_CHANGE_HOLD_MS,
       staleReads: e.NEBULAGC_STALE_READS,
       log: {
         maxBytes: e.NEBULAGC_REPLICATION_LOG_BYTES,

@@ -106,6 +106,7 @@ export class HaStateMachine {
   private current: HaState;
   private previous: HaState;
   private readonly listeners: TransitionListener[] = [];
+  private waiters: Array<() => void> = [];
 
   constructor(
     initial: HaState,
@@ -131,6 +132,22 @@ export class HaStateMachine {
     this.listeners.push(fn);
   }
 
+  /** Resolves true at the next transition, or false once `timeoutMs` passes without one. */
+  nextTransition(timeoutMs: number): Promise<boolean> {
+    if (timeoutMs <= 0) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== wake);
+        resolve(false);
+      }, timeoutMs);
+      this.waiters.push(wake);
+    });
+  }
+
   /** Moves to `to`; a no-op when already there. `detail` says why, in this instance. */
   to(to: HaState, detail?: string): void {
     const from = this.current;
@@ -142,5 +159,8 @@ export class HaStateMachine {
     const reason = detail ?? meaning;
     this.log.info({ from_state: from, to_state: to, reason }, `HA state ${from} -> ${to}`);
     for (const l of this.listeners) l(from, to, reason);
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
   }
 }

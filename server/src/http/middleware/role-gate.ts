@@ -21,6 +21,13 @@ export const roleGate = (role: HaRole, config: ReplicationConfig): MiddlewareHan
   const path = c.req.path;
   const isApi = path.startsWith('/api/') || path.startsWith('/cluster/');
   if (!isApi || role.takesWrites) return next();
+  // A switchover or a promotion is over in a few hundred ms. Waiting it out here, instead of
+  // refusing, lets the request go on to the new master (proxied or redirected) with no error for
+  // the client or the load balancer in front, which would otherwise need a retry it cannot do
+  // safely for writes.
+  const deadline = Date.now() + config.roleChangeHoldMs;
+  while (betweenRoles(role, c.req.method, path) && (await role.machine.nextTransition(deadline - Date.now())));
+  if (role.takesWrites) return next();
   if (role.machine.is('starting', 'promoting', 'demoting', 'stopped')) {
     c.header('Retry-After', '1');
     return errorResponse(c, 'NOT_READY', `this node is ${role.state}; try again in a moment`);
@@ -34,6 +41,13 @@ export const roleGate = (role: HaRole, config: ReplicationConfig): MiddlewareHan
   }
   return next();
 };
+
+/** The node is changing role, or fenced: what it answers now says nothing of a moment later. */
+function betweenRoles(role: HaRole, method: string, path: string): boolean {
+  if (role.machine.is('starting', 'promoting', 'demoting')) return true;
+  if (role.replica) return !role.replica.hasCopy;
+  return role.machine.is('master.fenced') && !READS.has(method) && !path.startsWith('/cluster/');
+}
 
 /**
  * What a replica does before any route runs: refuse to serve until it has a verified copy,
@@ -50,7 +64,7 @@ async function replicaGate(role: HaRole, config: ReplicationConfig, c: AppContex
   const master = role.masterUrl;
   if (!READS.has(c.req.method) && !LOCAL_WRITES.has(path) && !path.startsWith('/cluster/')) {
     const query = new URL(c.req.url).search;
-    if (config.replicaWrites === 'proxy' && master) return proxy(c.req.raw, `${master}${path}${query}`);
+    if (config.replicaWrites === 'proxy' && master) return proxy(c, master, `${master}${path}${query}`);
     if (master) c.header('X-NebulaGC-Master-URL', master);
     if (config.replicaWrites === 'redirect' && master) {
       c.header('Location', `${master}${path}${query}`);
@@ -76,19 +90,25 @@ async function replicaGate(role: HaRole, config: ReplicationConfig, c: AppContex
   return next();
 }
 
-/** Forwards the request to the master as is and relays its answer. */
-async function proxy(req: Request, url: string): Promise<Response> {
+/** Forwards the request to the master as is and relays its answer; an unreachable master is a 503. */
+async function proxy(c: AppContext, master: string, url: string): Promise<Response> {
+  const req = c.req.raw;
   const headers = new Headers();
   req.headers.forEach((v, k) => {
     if (!HOP_BY_HOP.has(k)) headers.set(k, v);
   });
-  const res = await fetch(url, {
-    method: req.method,
-    headers,
-    body: req.body,
-    redirect: 'manual',
-    duplex: 'half',
-  } as RequestInit);
+  let res: Response;
+  try {
+    res = await fetch(url, { method: req.method, headers, body: req.body, redirect: 'manual', duplex: 'half' } as RequestInit);
+  } catch (err) {
+    const refused = (err as { cause?: { code?: string } }).cause?.code === 'ECONNREFUSED';
+    const error = refused
+      ? 'this replica could not forward the write: the master refused the connection, so the write did not run; retry shortly'
+      : `this replica could not forward the write (${(err as Error).message}): it may or may not have run on the master; read it back before you retry`;
+    c.header('Retry-After', '1');
+    c.header('X-NebulaGC-Master-URL', master);
+    return c.json({ error, code: 'NOT_MASTER', master_url: master, request_id: c.get('requestId') }, 503);
+  }
   const out = new Headers();
   res.headers.forEach((v, k) => {
     if (!HOP_BY_HOP.has(k)) out.set(k, v);
