@@ -38,7 +38,7 @@ const duration = (def: string) =>
     );
 
 /**
- * The master's checkpoint step by durability mode (measured, docs/BENCHMARKS.md round 6). At
+ * The master's checkpoint step by durability mode (measured, docs/BENCHMARKS.md, Capture overhead). At
  * NORMAL each step's cost is mostly its fixed part (the last copy and two fsyncs on the event
  * loop), and 16 MiB steps gave 0.85-0.95 of the writes without replication against 0.74-0.80
  * with 4 MiB. At FULL every commit fsyncs the WAL, and a bigger WAL made that slower (0.69-0.78
@@ -78,7 +78,7 @@ export const envSchema = z.object({
   NEBULAGC_REPLICA_WRITES: z.enum(['redirect', 'proxy', 'reject']).default('redirect'),
   NEBULAGC_MAX_REPLICA_LAG_MS: positiveInt(5000),
   NEBULAGC_MIN_TXID_WAIT_MS: nonNegative(2000),
-  NEBULAGC_ROLE_CHANGE_HOLD_MS: nonNegative(3000),
+  NEBULAGC_ROLE_CHANGE_HOLD_MS: nonNegative(5000),
   NEBULAGC_STALE_READS: z.enum(['unavailable', 'redirect']).default('unavailable'),
   NEBULAGC_REPLICATION_LOG_BYTES: positiveInt(256 * 1024 * 1024),
   NEBULAGC_REPLICATION_LOG_MAX_AGE_S: positiveInt(24 * 3600),

@@ -5,11 +5,11 @@ import type { HaRole } from '../../ha/role.js';
 import type { Metrics } from '../metrics.js';
 import type { AppContext, AppEnv } from '../context.js';
 import { errorResponse } from '../errors.js';
+import { forwardToMaster } from './forward-to-master.js';
 
 const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
 /** Daemons may send heartbeats to any node: a replica batches them to the master itself. */
 const LOCAL_WRITES = new Set(['/api/v1/heartbeat']);
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'host', 'content-length']);
 
 /**
  * The write gate in front of every API route, by the node's HA state: a serving master or a
@@ -64,7 +64,7 @@ async function replicaGate(role: HaRole, config: ReplicationConfig, c: AppContex
   const master = role.masterUrl;
   if (!READS.has(c.req.method) && !LOCAL_WRITES.has(path) && !path.startsWith('/cluster/')) {
     const query = new URL(c.req.url).search;
-    if (config.replicaWrites === 'proxy' && master) return proxy(c, master, `${master}${path}${query}`);
+    if (config.replicaWrites === 'proxy') return forwardToMaster(role, config.roleChangeHoldMs, c, next, `${path}${query}`);
     if (master) c.header('X-NebulaGC-Master-URL', master);
     if (config.replicaWrites === 'redirect' && master) {
       c.header('Location', `${master}${path}${query}`);
@@ -88,33 +88,6 @@ async function replicaGate(role: HaRole, config: ReplicationConfig, c: AppContex
   }
   c.header('X-NebulaGC-TxID', String(replica.position?.txid ?? 0));
   return next();
-}
-
-/** Forwards the request to the master as is and relays its answer; an unreachable master is a 503. */
-async function proxy(c: AppContext, master: string, url: string): Promise<Response> {
-  const req = c.req.raw;
-  const headers = new Headers();
-  req.headers.forEach((v, k) => {
-    if (!HOP_BY_HOP.has(k)) headers.set(k, v);
-  });
-  let res: Response;
-  try {
-    res = await fetch(url, { method: req.method, headers, body: req.body, redirect: 'manual', duplex: 'half' } as RequestInit);
-  } catch (err) {
-    const refused = (err as { cause?: { code?: string } }).cause?.code === 'ECONNREFUSED';
-    const error = refused
-      ? 'this replica could not forward the write: the master refused the connection, so the write did not run; retry shortly'
-      : `this replica could not forward the write (${(err as Error).message}): it may or may not have run on the master; read it back before you retry`;
-    c.header('Retry-After', '1');
-    c.header('X-NebulaGC-Master-URL', master);
-    return c.json({ error, code: 'NOT_MASTER', master_url: master, request_id: c.get('requestId') }, 503);
-  }
-  const out = new Headers();
-  res.headers.forEach((v, k) => {
-    if (!HOP_BY_HOP.has(k)) out.set(k, v);
-  });
-  out.set('X-NebulaGC-Proxied-By', 'replica');
-  return new Response(res.body, { status: res.status, headers: out });
 }
 
 /**
