@@ -36,7 +36,7 @@ import { benchWriter, type LoadResult } from './master-load.js';
  *   BENCH_DEBUG              print the replica's info-level log lines too
  *   NEBULAGC_WAL_CHECKPOINT_BYTES  the master's checkpoint step (the server's default otherwise); likewise
  *   NEBULAGC_REPLICATION_LOG_BYTES, _LOG_MAX_AGE_S, _MEMORY_BYTES  the master's log retention
- * Results and what they mean: docs/BENCHMARKS.md, "Replication".
+ * Results and what they mean: docs/BENCHMARKS.md, "Capture overhead", "Replication lag", "Apply throughput" and "Snapshot bootstrap".
  */
 
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

@@ -7,7 +7,7 @@ import { closeSync, fdatasync } from 'node:fs';
  * (the filesystem's 5 s commits) that every fsync on the machine waited behind, a replica's
  * commits included; and the replica's position file, whose lag behind the disk it bounds. Past
  * `maxBytes` per interval it stands back: at 10,000 commits/s the WAL and log syncs competed
- * with the writes they paced and cost more than the bursts (docs/BENCHMARKS.md).
+ * with the writes they paced and cost more than the bursts (docs/BENCHMARKS.md, Replication lag).
  */
 export class PacedSync {
   private running: number | undefined;

@@ -20,7 +20,7 @@ const SYNC_EVERY_MS = 1000;
  * lets the slot write skip its own fsync: after a power loss the slot may be older than the
  * file, and the applier, which recomputes the file's checksum at start, replays from it until
  * the checksums agree (page images are idempotent). One fsync per batch instead of two is
- * about 0.15 ms less lag on this disk (docs/BENCHMARKS.md). A paced background fdatasync
+ * about 0.15 ms less lag on this disk (docs/BENCHMARKS.md, Replication lag). A paced background fdatasync
  * bounds how far back a power loss can leave it.
  */
 export class PositionFile {

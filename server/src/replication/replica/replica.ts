@@ -501,7 +501,7 @@ export class ReplicationReplica {
    * asynchronous master, one per ACK_INTERVAL_MS: acks then only feed its view of its replicas
    * (lag in /cluster/replicas and metrics); each is a whole HTTP request on both sides, and at
    * 20 ms they were most of both processes' event-loop stalls at 1,000 commits/s
-   * (docs/BENCHMARKS.md). A master with NEBULAGC_SYNC_REPLICAS holds its answers for them, so
+   * (docs/BENCHMARKS.md, Replication lag). A master with NEBULAGC_SYNC_REPLICAS holds its answers for them, so
    * then each goes as soon as a batch is durable (and the one in flight carries the batches
    * that become durable meanwhile to the next).
    */
