@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort, waitUntil } from './cluster.js';
+import { freePort, waitUntil, type ServerProcess } from './cluster.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const HAPROXY_CFG = path.join(REPO, 'haproxy/haproxy.cfg');
@@ -89,4 +89,13 @@ export async function startHaproxy(nodeUrls: string[]): Promise<Haproxy> {
     throw new Error(`haproxy did not start:\n${out}`);
   }
   return proxy;
+}
+
+/** The server name the shipped config gives a node, by its place in the member list. */
+export const serverName = (members: ServerProcess[], n: ServerProcess): string => `n${members.indexOf(n) + 1}`;
+
+/** True once the write backend has exactly `n` up among its primary servers (the "-hold" backups aside). */
+export async function haproxyWritesTo(hap: Haproxy, members: ServerProcess[], n: ServerProcess): Promise<boolean> {
+  const up = (await hap.up('nebulagc_write')).filter((s) => !s.endsWith('-hold'));
+  return up.length === 1 && up[0] === serverName(members, n);
 }
