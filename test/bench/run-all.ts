@@ -8,6 +8,7 @@ import { runReplicationBench } from './replication.js';
 import { runSwitchoverBench } from './switchover.js';
 import { runSyncWriteBench } from './sync-writes.js';
 import { runFailoverBench } from './failover.js';
+import { runFrontingBench } from './fronting.js';
 import { runWriteBench } from './writes.js';
 
 if (isEntryPoint(import.meta.url)) {
@@ -21,6 +22,7 @@ if (isEntryPoint(import.meta.url)) {
   const switchoverOk = await runSwitchoverBench();
   const syncOk = await runSyncWriteBench();
   await runFailoverBench();
+  await runFrontingBench();
   const renderOk = await runRenderBench();
   const blockingOk = await runBlockingBench();
   await runDaemonIdleBench();
