@@ -79,6 +79,7 @@ export const envSchema = z.object({
   NEBULAGC_MAX_REPLICA_LAG_MS: positiveInt(5000),
   NEBULAGC_MIN_TXID_WAIT_MS: nonNegative(2000),
   NEBULAGC_ROLE_CHANGE_HOLD_MS: nonNegative(5000),
+  NEBULAGC_KEEPALIVE_TIMEOUT_MS: nonNegative(65000),
   NEBULAGC_STALE_READS: z.enum(['unavailable', 'redirect']).default('unavailable'),
   NEBULAGC_REPLICATION_LOG_BYTES: positiveInt(256 * 1024 * 1024),
   NEBULAGC_REPLICATION_LOG_MAX_AGE_S: positiveInt(24 * 3600),
@@ -132,6 +133,8 @@ export interface Config {
   tls: { cert: string; key: string; ca: string | undefined } | undefined;
   synchronous: Env['NEBULAGC_DB_SYNCHRONOUS'];
   maxBodyBytes: number;
+  /** How long an idle HTTP connection stays open; longer than any proxy's idle timeout in front. */
+  keepAliveTimeoutMs: number;
   maxBundleBytes: number;
   heartbeatFlushMs: number;
   /** Cap (and default) of a blocking poll's `wait`. */
@@ -288,6 +291,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
     tls: e.NEBULAGC_TLS_CERT && e.NEBULAGC_TLS_KEY ? { cert: e.NEBULAGC_TLS_CERT, key: e.NEBULAGC_TLS_KEY, ca: e.NEBULAGC_TLS_CA } : undefined,
     synchronous: e.NEBULAGC_DB_SYNCHRONOUS,
     maxBodyBytes: e.NEBULAGC_MAX_BODY_BYTES,
+    keepAliveTimeoutMs: e.NEBULAGC_KEEPALIVE_TIMEOUT_MS,
     maxBundleBytes: e.NEBULAGC_MAX_BUNDLE_BYTES,
     heartbeatFlushMs: e.NEBULAGC_HEARTBEAT_FLUSH_MS,
     pollMaxWaitMs: e.NEBULAGC_POLL_MAX_WAIT_MS,

@@ -201,6 +201,10 @@ function listen(config: Config, fetch: (req: Request, env: unknown) => Response 
       },
       () => resolve(s as Server),
     ) as Server;
+    // A proxy reuses its idle connections to us: we must not close one it may be about to send
+    // on, or it answers 502. Headers must be allowed a little longer than the keep-alive.
+    s.keepAliveTimeout = config.keepAliveTimeoutMs;
+    s.headersTimeout = config.keepAliveTimeoutMs + 1000;
     s.once('error', reject);
   });
 }

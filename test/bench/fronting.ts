@@ -38,7 +38,7 @@ async function outageBench(): Promise<string[][]> {
   const rows: string[][] = [];
   try {
     const proxies = [
-      { name: 'HAProxy', url: hap.url, moved: (m: (typeof nodes)[number]) => haproxyWritesTo(hap, cluster.members, m) },
+      { name: 'HAProxy', url: hap.url, moved: (m: (typeof nodes)[number]) => haproxyWritesTo(hap, nodes, m) },
       { name: 'NGINX', url: nginx.url, moved: always },
     ];
     for (const p of proxies) {

@@ -91,7 +91,7 @@ export async function startHaproxy(nodeUrls: string[]): Promise<Haproxy> {
   return proxy;
 }
 
-/** The server name the shipped config gives a node, by its place in the member list. */
+/** The server name the shipped config gives a node, by its place in `members` (keep a restarted node in its old place). */
 export const serverName = (members: ServerProcess[], n: ServerProcess): string => `n${members.indexOf(n) + 1}`;
 
 /** True once the write backend has exactly `n` up among its primary servers (the "-hold" backups aside). */

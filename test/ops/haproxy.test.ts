@@ -26,7 +26,7 @@ describe('HAProxy in front of a three-node auto cluster (real haproxy, real etcd
   let cluster: AutoCluster;
   let hap: Haproxy;
   let nodes: ServerProcess[];
-  const movedTo = (m: ServerProcess): Promise<boolean> => haproxyWritesTo(hap, cluster.members, m);
+  const movedTo = (m: ServerProcess): Promise<boolean> => haproxyWritesTo(hap, nodes, m);
 
   before(async () => {
     etcd = await startEtcd();
