@@ -24,6 +24,7 @@ locals {
     cluster_name           = var.cluster_name
     max_replica_lag_ms     = var.max_replica_lag_ms
     replica_writes         = var.replica_writes
+    keepalive_timeout_ms   = (var.idle_timeout + 5) * 1000
     replication_secret_arn = var.replication_secret_arn
     hmac_secret_arn        = var.hmac_secret_arn
     admin_token_secret_arn = var.admin_token_secret_arn == null ? "" : var.admin_token_secret_arn
