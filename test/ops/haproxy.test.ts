@@ -63,6 +63,7 @@ describe('HAProxy in front of a three-node auto cluster (real haproxy, real etcd
       assert.ok(served > 0, `node ${s} served reads (${served})`);
     }
     assert.equal((await call(hap.url, 'GET', '/internal/v1/replication/status')).status, 404, 'the internal endpoints are not exposed');
+    assert.equal((await call(hap.url, 'GET', '/metrics')).status, 404, 'nor the metrics');
     assert.equal((await fetch(`${hap.url}/health/live`, { method: 'HEAD' })).status, 200);
   });
 

@@ -46,6 +46,7 @@ describe('NGINX in front of a three-node auto cluster (real nginx, real etcd)', 
     for (let i = 0; i < 15; i++) assert.ok(names.includes(`nginx-route-${i}`));
     for (let i = 0; i < 30; i++) assert.equal((await call(nginx.url, 'GET', '/api/v1/tenants', { headers: OPERATOR })).status, 200);
     assert.equal((await call(nginx.url, 'GET', '/internal/v1/replication/status')).status, 404);
+    assert.equal((await call(nginx.url, 'GET', '/metrics')).status, 404);
   });
 
   it('across a switchover, every write and read succeeds from the client side', async () => {
