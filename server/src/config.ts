@@ -107,6 +107,15 @@ export const envSchema = z.object({
   NEBULAGC_LIGHTHOUSE_PUBLIC_HOST: z.union([z.ipv4(), z.ipv6(), z.hostname()]).optional(),
   NEBULAGC_LIGHTHOUSE_LISTEN_HOST: z.union([z.ipv4(), z.ipv6()]).default('0.0.0.0'),
   NEBULAGC_LIGHTHOUSE_DIR: z.string().min(1).optional(),
+  NEBULAGC_LITESTREAM_URL: z
+    .string()
+    .regex(/^(s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/.*)?|file:\/\/\/.+)$/, 'must be s3://bucket[/path] or file:///absolute/dir')
+    .optional(),
+  NEBULAGC_LITESTREAM_ENDPOINT: z.url({ protocol: /^https?$/ }).optional(),
+  NEBULAGC_LITESTREAM_REGION: z.string().min(1).default('us-east-1'),
+  NEBULAGC_LITESTREAM_SYNC_INTERVAL: z.string().regex(/^\d+(ms|s|m)$/, 'must be a duration such as 1s, 500ms or 1m').default('1s'),
+  NEBULAGC_LITESTREAM_BIN: z.string().min(1).optional(),
+  NEBULAGC_RESTORE_ON_BOOT: bool.default(false),
 });
 
 export type Env = z.infer<typeof envSchema>;
@@ -143,6 +152,24 @@ export interface Config {
   rateLimits: { ip: RateLimit; node: RateLimit; cluster: RateLimit };
   pki: { nebulaCertBin: string; caLifetimeS: number; certLifetimeS: number };
   lighthouse: LighthouseConfig;
+  /** Managed Litestream (NEBULAGC_LITESTREAM_URL); undefined when off. */
+  backup: BackupConfig | undefined;
+}
+
+/** Continuous backup of the master's database with Litestream, and restore from it. */
+export interface BackupConfig {
+  /** s3://bucket/path or file:///dir */
+  url: string;
+  endpoint: string | undefined;
+  region: string;
+  /** A Go duration, as Litestream reads it (1s, 500ms). */
+  syncInterval: string;
+  /** Undefined: the binary of @flydotio/litestream-linux-x64. */
+  bin: string | undefined;
+  /** From AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; absent for file:// and instance roles. */
+  accessKeyId: string | undefined;
+  secretAccessKey: string | undefined;
+  restoreOnBoot: boolean;
 }
 
 /** Built-in lighthouses: what this server runs for clusters with provide_lighthouse. */
@@ -237,6 +264,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
   if (e.NEBULAGC_CERT_LIFETIME > e.NEBULAGC_CA_LIFETIME) {
     throw new ConfigError('invalid NEBULAGC_CERT_LIFETIME: must not exceed NEBULAGC_CA_LIFETIME');
   }
+  if (e.NEBULAGC_LITESTREAM_URL && e.NEBULAGC_WAL_CHECKPOINT_BYTES) {
+    throw new ConfigError('invalid NEBULAGC_WAL_CHECKPOINT_BYTES: must be unset or 0 with NEBULAGC_LITESTREAM_URL (Litestream owns the checkpoints; docs/HA.md, "Backups with Litestream")');
+  }
+  if (e.NEBULAGC_RESTORE_ON_BOOT && !e.NEBULAGC_LITESTREAM_URL) {
+    throw new ConfigError('invalid NEBULAGC_RESTORE_ON_BOOT: needs NEBULAGC_LITESTREAM_URL, the backup to restore from');
+  }
   const scheme = e.NEBULAGC_TLS_CERT ? 'https' : 'http';
   const listenHost = e.NEBULAGC_LISTEN.host === '0.0.0.0' || e.NEBULAGC_LISTEN.host === '::' ? os.hostname() : e.NEBULAGC_LISTEN.host;
   // An IPv6 literal needs brackets in a URL, or its colons read as the port's.
@@ -266,7 +299,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
         maxAgeMs: e.NEBULAGC_REPLICATION_LOG_MAX_AGE_S * 1000,
         memoryBytes: e.NEBULAGC_REPLICATION_MEMORY_BYTES,
       },
-      walCheckpointBytes: e.NEBULAGC_WAL_CHECKPOINT_BYTES ?? defaultCheckpointBytes(e.NEBULAGC_DB_SYNCHRONOUS),
+      walCheckpointBytes: e.NEBULAGC_LITESTREAM_URL ? 0 : (e.NEBULAGC_WAL_CHECKPOINT_BYTES ?? defaultCheckpointBytes(e.NEBULAGC_DB_SYNCHRONOUS)),
     },
     ha: {
       candidate: e.NEBULAGC_CANDIDATE,
@@ -310,5 +343,17 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
       listenHost: e.NEBULAGC_LIGHTHOUSE_LISTEN_HOST,
       dir: path.resolve(e.NEBULAGC_LIGHTHOUSE_DIR ?? `${path.resolve(e.NEBULAGC_DB_PATH)}-lighthouses`),
     },
+    backup: e.NEBULAGC_LITESTREAM_URL
+      ? {
+          url: e.NEBULAGC_LITESTREAM_URL,
+          endpoint: e.NEBULAGC_LITESTREAM_ENDPOINT,
+          region: e.NEBULAGC_LITESTREAM_REGION,
+          syncInterval: e.NEBULAGC_LITESTREAM_SYNC_INTERVAL,
+          bin: e.NEBULAGC_LITESTREAM_BIN,
+          accessKeyId: env.AWS_ACCESS_KEY_ID || undefined,
+          secretAccessKey: env.AWS_SECRET_ACCESS_KEY || undefined,
+          restoreOnBoot: e.NEBULAGC_RESTORE_ON_BOOT,
+        }
+      : undefined,
   };
 }

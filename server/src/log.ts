@@ -17,6 +17,8 @@ export const redactPaths = [
   '*.adminToken',
   'consulToken',
   '*.consulToken',
+  'secretAccessKey',
+  '*.secretAccessKey',
   'ca_key',
   '*.ca_key',
   'headers.authorization',

@@ -107,8 +107,9 @@ export class ReplicationMaster {
   ) {
     mkdirSync(opts.dir, { recursive: true });
     writer.db.pragma('wal_autocheckpoint = 0');
-    // Our checkpoints do not truncate the WAL; this bounds what a big transaction leaves behind.
-    if (opts.walCheckpointBytes > 0) writer.db.pragma(`journal_size_limit = ${Math.max(2 * opts.walCheckpointBytes, 4 * 1024 * 1024)}`);
+    // Checkpoints (ours, or Litestream's) do not truncate the WAL; this bounds what a big
+    // transaction leaves behind when the WAL starts over.
+    writer.db.pragma(`journal_size_limit = ${Math.max(2 * opts.walCheckpointBytes, 4 * 1024 * 1024)}`);
     this.log = new ReplicationLog(path.join(opts.dir, 'log'), { ...opts.log, segmentBytes: 16 * 1024 * 1024 });
     this.pins = [openDatabase(opts.dbPath, { readonly: true }), openDatabase(opts.dbPath, { readonly: true })];
     const start = opts.startAt;
