@@ -20,6 +20,7 @@ import { writeHeartbeats } from './domain/heartbeats.js';
 import { backfillTemplateText } from './domain/render/template-backfill.js';
 import { renderUnrenderedNodes } from './domain/render/versions.js';
 import { VersionWaiters } from './http/blocking/version-waiters.js';
+import { LitestreamSupervisor } from './backup/litestream-process.js';
 import { createApp } from './http/app.js';
 import { Metrics } from './http/metrics.js';
 import { localRegistrar, remoteRegistrar, type Registrar } from './lighthouse/registrar.js';
@@ -67,6 +68,12 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const machine = new HaStateMachine('starting', log);
   machine.onTransition((from, to) => metrics.haTransitions.inc({ from_state: from, to_state: to }));
   const role = new HaRole(machine, Timeline.load(dir), config.nodeId, config.replication.advertiseUrl);
+  const backup = config.backup
+    ? new LitestreamSupervisor({ backup: config.backup, dbPath: config.dbPath, configFile: path.join(dir, 'litestream.yml'), log })
+    : undefined;
+  // Litestream uploads for the node that takes writes, and for no other: two uploaders would
+  // fork the backup, and one on a replica would write into a copy that replication owns.
+  if (backup) machine.onTransition((_from, to) => (to === 'master.serving' || to === 'standalone' ? backup.start() : void backup.stop()));
   const node = new HaNode(
     {
       config,
@@ -79,6 +86,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         store.changes.bump();
         waiters.changed();
       },
+      ...(backup ? { masterWorkStopped: () => backup.stop() } : {}),
     },
     secret,
   );
@@ -114,6 +122,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   );
   heartbeats.start();
   metrics.watch({ heartbeats, role, waiters });
+  if (backup) metrics.watchBackup(backup);
 
   const pki = pkiFrom(config.pki);
   const lighthouses = new LighthouseSupervisor({
@@ -126,7 +135,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     onCrash: () => metrics.lighthouseRestarts.inc(),
   });
   metrics.watchLighthouses(() => lighthouses.runningCount);
-  const app = createApp({ config, store, heartbeats, metrics, log, role, node, lighthouses, waiters });
+  const app = createApp({ config, store, heartbeats, metrics, log, role, node, lighthouses, waiters, backup });
   const server = await listen(config, app.fetch);
   answerClientErrors(server);
   const { port } = server.address() as AddressInfo;
@@ -145,6 +154,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         clearTimeout(force);
         void (async () => {
           await lighthouses.close();
+          await backup?.stop();
           heartbeats.stop();
           masterClient.close();
           await node.close();

@@ -36,6 +36,8 @@ export interface HaNodeOptions {
   dir: string;
   /** A replica applied a batch (or installed a snapshot): caches and blocking polls look again. */
   onReplicaApplied(): void;
+  /** Resolves once nothing writes for this node as master any more (the backup uploader has stopped). */
+  masterWorkStopped?(): Promise<void>;
 }
 
 export interface PromoteRequest {
@@ -235,6 +237,7 @@ export class HaNode {
     role.setKnownMaster(url, nodeId);
     role.machine.to('demoting', `demote: following ${url}`);
     nodes.store.writer.refuse('this node is becoming a replica');
+    await this.o.masterWorkStopped?.();
     const final = await master.close();
     role.master = undefined;
     this.closeSync();

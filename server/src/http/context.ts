@@ -1,3 +1,4 @@
+import type { LitestreamSupervisor } from '../backup/litestream-process.js';
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { Config } from '../config.js';
@@ -33,4 +34,6 @@ export interface Deps {
   lighthouses: LighthouseSupervisor;
   /** Blocking config polls held until a node's version moves. */
   waiters: VersionWaiters;
+  /** Managed Litestream (NEBULAGC_LITESTREAM_URL); undefined when off. */
+  backup?: LitestreamSupervisor | undefined;
 }

@@ -23,6 +23,17 @@ const healthSchema = z
     replicas: z.number().int().optional(),
     sync: syncSchema.optional(),
     election: electionSchema.optional(),
+    backup: z
+      .object({
+        enabled: z.literal(true),
+        active: z.boolean().openapi({ description: 'This node should be uploading: it takes writes' }),
+        running: z.boolean().openapi({ description: 'The litestream process is running' }),
+        last_success_at: z.string().nullable().openapi({ description: 'When the last upload (a WAL segment or a snapshot) finished, since this process started' }),
+        errors: z.number().int(),
+        last_error: z.string().nullable(),
+      })
+      .optional()
+      .openapi({ description: 'Managed Litestream (NEBULAGC_LITESTREAM_URL); absent when off' }),
     quarantined_transactions: z.number().int().openapi({ description: 'Diverged transactions this node kept in quarantine since it started (nebulagc-server quarantine list)' }),
     checks: z.object({ database: z.object({ ok: z.boolean(), error: z.string().optional() }) }),
   })
@@ -32,7 +43,7 @@ const checkSchema = z.object({ status: z.string(), reason: z.string().optional()
 const tags = ['System'];
 
 /** Load balancers route on these: /health is always 200 while the process lives; the others say yes or no. */
-export function registerHealthRoutes(app: App, { config, store, role }: Deps): void {
+export function registerHealthRoutes(app: App, { config, store, role, backup }: Deps): void {
   const startedAt = Date.now();
 
   const databaseCheck = (): { ok: boolean; error?: string } => {
@@ -71,6 +82,7 @@ export function registerHealthRoutes(app: App, { config, store, role }: Deps): v
           lag: { transactions: lag.transactions, ms: Number.isFinite(lag.ms) ? Math.round(lag.ms * 1000) / 1000 : null },
           ...(role.master ? { replicas: role.master.connectedReplicas } : {}),
           ...syncAndElection(role),
+          ...(backup ? { backup: backup.status() } : {}),
           quarantined_transactions: role.quarantinedTransactions,
           checks: { database },
         } as const,

@@ -1,4 +1,5 @@
 import { statSync } from 'node:fs';
+import type { LitestreamSupervisor } from '../backup/litestream-process.js';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Writer } from '../db/writer.js';
 import type { HeartbeatCoalescer } from '../domain/heartbeats.js';
@@ -222,6 +223,36 @@ export class Metrics {
   }
 
   /** Gauges read at scrape time from the heartbeat coalescer and the HA role. */
+  /** Managed Litestream: up, last upload, errors (NEBULAGC_LITESTREAM_URL). */
+  watchBackup(backup: LitestreamSupervisor): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'nebulagc_backup_up',
+      help: 'Managed Litestream: 1 while it runs (on the master), else 0',
+      registers,
+      collect() {
+        this.set(backup.running ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'nebulagc_backup_last_success_timestamp_seconds',
+      help: 'Managed Litestream: unix time of the last upload it finished (a WAL segment or a snapshot) since this process started; 0 before the first',
+      registers,
+      collect() {
+        this.set(backup.lastSuccessSeconds);
+      },
+    });
+    new Counter({
+      name: 'nebulagc_backup_errors_total',
+      help: 'Managed Litestream: errors it logged (an unreachable endpoint, refused credentials) and exits it was restarted after',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(backup.errors);
+      },
+    });
+  }
+
   watch({ heartbeats, role, waiters }: { heartbeats: HeartbeatCoalescer; role: HaRole; waiters: VersionWaiters }): void {
     const registers = [this.registry];
     new Gauge({
