@@ -21,6 +21,8 @@ export interface ElectedNode {
   promoteElected(epoch: number): Promise<void>;
   follow(url: string, nodeId: string): Promise<void>;
   fence(reason: string): void;
+  /** Resolves once nothing uploads for this node as master (the backup). */
+  masterWorkStopped(): Promise<void>;
   /** Lifts a fence, unless a newer epoch forbids it; true when the node takes writes again. */
   unfence(reason: string): boolean;
   /** Failsafe: asks a member to confirm it still follows this master. */
@@ -177,6 +179,7 @@ export class Elector {
     this.handingOver = true;
     this.leaseFenced = true;
     this.node.fence(`handing the lock over to ${targetId}`);
+    await this.node.masterWorkStopped();
     const until = Date.now() + waitMs;
     while (!caughtUp() && Date.now() < until) await wait(10);
     await this.bounded('the handover note', this.c.setHandover({ from: this.s.nodeId, to: targetId, until: Date.now() + HANDOVER_MS })).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'could not write the handover note; the election decides'));

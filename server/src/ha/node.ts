@@ -237,7 +237,7 @@ export class HaNode {
     role.setKnownMaster(url, nodeId);
     role.machine.to('demoting', `demote: following ${url}`);
     nodes.store.writer.refuse('this node is becoming a replica');
-    await this.o.masterWorkStopped?.();
+    await this.masterWorkStopped();
     const final = await master.close();
     role.master = undefined;
     this.closeSync();
@@ -263,6 +263,7 @@ export class HaNode {
       const timeoutMs = this.o.config.ha.switchoverTimeoutMs;
       role.machine.to('master.fenced', `switchover to ${target.id}`);
       this.o.nodes.store.writer.refuse('switchover in progress');
+      await this.masterWorkStopped();
       const head = master.positionNow();
       // Give every replica the last records before the streams end, so each can resume on the
       // new master without a snapshot.
@@ -317,6 +318,11 @@ export class HaNode {
     }
     elector.handOverEnded();
     throw new DomainError('NOT_CAUGHT_UP', `${target.id} did not take the lock within ${timeoutMs} ms; this node runs again`, { target: target.id });
+  }
+
+  /** Resolves once nothing uploads for this node as master (the backup), before another may take over. */
+  masterWorkStopped(): Promise<void> {
+    return this.o.masterWorkStopped?.() ?? Promise.resolve();
   }
 
   /** A fence the election set is lifted once the lock is fresh again, unless a newer epoch exists. */
