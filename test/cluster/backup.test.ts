@@ -94,7 +94,16 @@ describe('managed Litestream on a master with a replica (file replica)', { timeo
   });
 
   it('an idle master, after a workload that grew the WAL, commits nothing and uploads nothing for 30 s', async () => {
-    // Settle: Litestream's last checkpoint and upload of the workload above.
+    // More than Litestream's checkpoint threshold (1,000 pages, 4 MiB) left in the WAL: with its
+    // defaults, a PASSIVE checkpoint that cannot restart the WAL ran at every sync from here on.
+    for (let i = 0; i < 2; i++) {
+      const up = await call(master.url, 'POST', `/api/v1/config/bundle?cluster_id=${clusterId}`, {
+        headers: OP,
+        raw: await validBundle([{ name: 'blob.bin', content: randomBytes(3 * 1024 * 1024) }]),
+      });
+      assert.equal(up.status, 201);
+    }
+    // Settle: Litestream's last checkpoint and upload of that workload.
     await sleep(3000);
     const files = backupFiles(backupDir);
     const seq = litestreamSeq(master.dbPath);
