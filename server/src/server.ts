@@ -21,6 +21,7 @@ import { backfillTemplateText } from './domain/render/template-backfill.js';
 import { renderUnrenderedNodes } from './domain/render/versions.js';
 import { VersionWaiters } from './http/blocking/version-waiters.js';
 import { LitestreamSupervisor } from './backup/litestream-process.js';
+import { restoreOnBoot } from './backup/restore-on-boot.js';
 import { createApp } from './http/app.js';
 import { Metrics } from './http/metrics.js';
 import { localRegistrar, remoteRegistrar, type Registrar } from './lighthouse/registrar.js';
@@ -59,6 +60,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   if (source === 'dev-file') log.warn('dev mode: using a generated HMAC secret stored next to the database');
   const dir = replicationDir(config.dbPath);
   mkdirSync(dir, { recursive: true });
+  await restoreOnBoot(config, log);
   const nodes = new NodeStore(secret);
   const store = nodes.store;
   const metrics = new Metrics({ dbPath: config.dbPath, writer: store.writer });
