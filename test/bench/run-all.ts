@@ -1,6 +1,7 @@
 import os from 'node:os';
 import { runBlockingBench } from './blocking.js';
 import { runDaemonIdleBench } from './daemon-idle.js';
+import { runDrBench } from './dr.js';
 import { isEntryPoint } from './entry.js';
 import { runPollBench } from './polls.js';
 import { runRenderBench } from './render.js';
@@ -23,6 +24,7 @@ if (isEntryPoint(import.meta.url)) {
   const syncOk = await runSyncWriteBench();
   await runFailoverBench();
   await runFrontingBench();
+  await runDrBench();
   const renderOk = await runRenderBench();
   const blockingOk = await runBlockingBench();
   await runDaemonIdleBench();

@@ -34,7 +34,7 @@ export function litestreamSeq(dbPath: string): number {
 
 /** Pids of the litestream processes replicating with this config file. */
 export function litestreamPids(configFile: string): number[] {
-  const r = spawnSync('pgrep', ['-f', `litestream replicate -config ${configFile}`], { encoding: 'utf8' });
+  const r = spawnSync('pgrep', ['-f', `litestream replicate -config ${configFile} `], { encoding: 'utf8' });
   return r.stdout.split('\n').filter((l) => l.trim() !== '').map(Number);
 }
 

@@ -95,7 +95,8 @@ export class LitestreamSupervisor {
       return;
     }
     const bin = litestreamBin(backup);
-    const args = ['replicate', '-config', configFile];
+    // Our config is final: Litestream would otherwise expand a `$` in a key or a path.
+    const args = ['replicate', '-config', configFile, '-no-expand-env'];
     const [cmd, argv] = existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', 'TERM', '--', bin, ...args]] : [bin, args];
     const startedAt = Date.now();
     // Its own process group, so a stop reaches it through setpriv's exec as well.
