@@ -6,6 +6,7 @@ import { maintenanceCommands } from './maintenance.js';
 import { quarantineCommands } from './quarantine.js';
 import { replicationCommands } from './replication.js';
 import { resourceCommands } from './resources.js';
+import { restoreCommand } from './restore.js';
 import { serveCommand } from './serve.js';
 
 const program = new Command('nebulagc-server')
@@ -15,6 +16,7 @@ const program = new Command('nebulagc-server')
   .exitOverride();
 
 program.addCommand(serveCommand());
+program.addCommand(restoreCommand());
 for (const cmd of [...resourceCommands(), ...maintenanceCommands(), ...replicationCommands(), ...haCommands(), ...quarantineCommands()]) program.addCommand(cmd);
 
 try {
