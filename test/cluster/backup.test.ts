@@ -8,6 +8,7 @@ import { backupFiles, litestreamPids, litestreamSeq, managedConfigFile, restoreF
 import { validBundle } from '../helpers/bundle.js';
 import { clusterDir, freePort, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
 import { startEtcd, type EtcdServer } from '../helpers/etcd.js';
+import { startFakeS3, type FakeS3 } from '../fakes/fake-s3.js';
 import { health, metric, tenantNames } from '../helpers/probes.js';
 import { call, TEST_ADMIN_TOKEN } from '../helpers/server.js';
 
@@ -121,12 +122,27 @@ describe('managed Litestream on a master with a replica (file replica)', { timeo
 describe('managed Litestream with a backup it cannot reach', { timeout: 120_000 }, () => {
   const dir = clusterDir('backup-bad');
   const nodes: ServerProcess[] = [];
+  let s3: FakeS3 | undefined;
   after(async () => {
     for (const n of nodes) await n.stop();
+    await s3?.stop();
     dir.remove();
   });
 
   for (const [label, env] of [
+    [
+      'refused credentials (a real SigV4 check)',
+      async () => {
+        s3 = await startFakeS3();
+        s3.bucket('nebulagc-test');
+        return {
+          NEBULAGC_LITESTREAM_URL: 's3://nebulagc-test/db',
+          NEBULAGC_LITESTREAM_ENDPOINT: s3.endpoint,
+          AWS_ACCESS_KEY_ID: s3.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: 'not-the-secret-key-0123456789',
+        };
+      },
+    ],
     ['an unreachable S3 endpoint', async () => ({ NEBULAGC_LITESTREAM_URL: 's3://nebulagc-test/db', NEBULAGC_LITESTREAM_ENDPOINT: `http://127.0.0.1:${await freePort()}` })],
     [
       'an unwritable path',
@@ -147,6 +163,7 @@ describe('managed Litestream with a backup it cannot reach', { timeout: 120_000 
       assert.ok(b.last_error && b.last_error.length > 0);
       assert.ok((await metric(n, /^nebulagc_backup_errors_total /)) > 0);
       assert.match(n.output(), /"level":"error".*"component":"litestream"/);
+      assert.doesNotMatch(n.output(), /not-the-secret-key/, 'the secret key is never logged');
       const started = performance.now();
       assert.equal(await tenant(n, 'still-writing'), 201);
       assert.ok(performance.now() - started < 5000, 'a write does not wait for the backup');
