@@ -2,6 +2,7 @@ import os from 'node:os';
 import { runBlockingBench } from './blocking.js';
 import { runDaemonIdleBench } from './daemon-idle.js';
 import { runDrBench } from './dr.js';
+import { runLitestreamWritesBench } from './litestream-writes.js';
 import { isEntryPoint } from './entry.js';
 import { runPollBench } from './polls.js';
 import { runRenderBench } from './render.js';
@@ -25,6 +26,7 @@ if (isEntryPoint(import.meta.url)) {
   await runFailoverBench();
   await runFrontingBench();
   await runDrBench();
+  await runLitestreamWritesBench();
   const renderOk = await runRenderBench();
   const blockingOk = await runBlockingBench();
   await runDaemonIdleBench();
