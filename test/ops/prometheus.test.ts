@@ -6,16 +6,20 @@
  * well formed (unique panel ids, every datasource the `datasource` variable, every query scoped to
  * `$job`).
  *
- * Live: a real Prometheus scrapes a three-node auto cluster on a real etcd (TTL 2 s) every second
- * and evaluates a copy of the rules in which every group runs every second and every `for:` is 1 s
- * (the shipped windows are 15 s to 2 min; the expressions are the shipped ones). Before the kill it
- * sees exactly one master and no failover alert. After kill -9 of the master its own query API
- * shows a stretch with no master (query_range over the failover at 250 ms steps, so no scrape
- * sample is missed), then exactly one new master; NebulaGCFailover fires, NebulaGCReplicasOffline
- * fires on the new master only and NebulaGCNodeDown on the dead one. Then every query of every
- * dashboard panel, its variables filled in, must return data from that Prometheus.
+ * Live: a real Prometheus scrapes a three-node auto cluster on a real etcd (TTL 2 s), backing up
+ * with managed Litestream to a file replica, every second and evaluates a copy of the rules in
+ * which every group runs every second and every `for:` is 1 s (the shipped windows are 15 s to
+ * 5 min; the expressions are the shipped ones). Before the kill it sees exactly one master, exactly
+ * one node backing up (the master), and no failover or backup-down alert (the replicas' litestream
+ * is down by design). After kill -9 of the master its own query API shows a stretch with no master
+ * (query_range over the failover at 250 ms steps, so no scrape sample is missed), then exactly one
+ * new master, which is then the one node backing up; NebulaGCFailover fires,
+ * NebulaGCReplicasOffline fires on the new master only and NebulaGCNodeDown on the dead one. Then,
+ * under a light write load (so the new master uploads), every query of every dashboard panel, its
+ * variables filled in, must return data from that Prometheus.
  *
- * Bounded in time; Prometheus, the nodes and etcd are killed and their directories removed.
+ * Bounded in time; Prometheus, the nodes (and their litestream) and etcd are killed and their
+ * directories removed.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -52,6 +56,10 @@ const EXPECTED_ALERTS = [
   'NebulaGCCoordinatorDown',
   'NebulaGCLockRenewalErrors',
   'NebulaGCNodeDown',
+  // Managed Litestream (issue 21).
+  'NebulaGCBackupDown',
+  'NebulaGCBackupStale',
+  'NebulaGCBackupErrors',
 ];
 
 interface Rule {
@@ -82,6 +90,8 @@ interface Panel {
 const rules = (): RuleFile => YAML.parse(readFileSync(RULES, 'utf8')) as RuleFile;
 const alerts = (): Rule[] => rules().groups.flatMap((g) => g.rules.filter((r) => r.alert !== undefined));
 const testFiles = (): string[] => readdirSync(TESTS_DIR).filter((f) => f.endsWith('.test.yml')).map((f) => path.join(TESTS_DIR, f));
+/** The test file named after an alert: NebulaGCBackupStale -> backup-stale.test.yml. */
+const testFileOf = (alert: string): string => `${alert.replace(/^NebulaGC/, '').replace(/(?<=[a-z])(?=[A-Z])/g, '-').toLowerCase()}.test.yml`;
 
 function promtool(...args: string[]): { code: number | null; out: string } {
   const r = spawnSync('promtool', args, { encoding: 'utf8', timeout: 60_000 });
@@ -120,6 +130,11 @@ describe('ops/prometheus: promtool', () => {
       assert.ok(a.annotations?.summary && a.annotations.description, `${a.alert}: summary and description`);
       assert.equal(a.annotations?.runbook, `docs/OPERATIONS.md#${a.alert!.toLowerCase()}`, `${a.alert}: runbook`);
     }
+  });
+
+  it('has one test file per alert, named after it', () => {
+    const files = testFiles().map((f) => path.basename(f)).sort();
+    assert.deepEqual(files, alerts().map((a) => testFileOf(a.alert!)).sort());
   });
 
   it('test rules passes, with a case where each alert fires and one where it must not', () => {
@@ -258,14 +273,23 @@ describe('a real Prometheus scraping a three-node auto cluster through a kill -9
   let load: WriteLoad | undefined;
   let staleReads: { stop(): Promise<void> } | undefined;
   const instance = (n: ServerProcess): string => `127.0.0.1:${n.port}`;
+  /** The instances Prometheus last saw with litestream running. */
+  const backingUp = async (p: Prometheus): Promise<string[]> => (await query(p, `nebulagc_backup_up{job="${JOB}"} == 1`)).map((s) => s.metric.instance!);
 
   before(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-prometheus-'));
     etcd = await startEtcd();
     cluster = await startAutoCluster('prometheus', { kind: 'etcd', endpoints: etcd.endpoint }, {
-      // Semi-synchronous writes, so the sync-wait panel has data; stale reads answer 503 after 20 ms, so the 5xx panel has some.
-      env: { NEBULAGC_SYNC_REPLICAS: '1', NEBULAGC_SYNC_MODE: 'degrade', NEBULAGC_MIN_TXID_WAIT_MS: '20' },
+      env: {
+        // Semi-synchronous writes, so the sync-wait panel has data; stale reads answer 503 after 20 ms, so the 5xx panel has some.
+        NEBULAGC_SYNC_REPLICAS: '1',
+        NEBULAGC_SYNC_MODE: 'degrade',
+        NEBULAGC_MIN_TXID_WAIT_MS: '20',
+        // One backup for the cluster, written by whichever node is the master, so the backup panels have data.
+        NEBULAGC_LITESTREAM_URL: `file://${path.join(dir, 'backup')}`,
+        NEBULAGC_LITESTREAM_SYNC_INTERVAL: '200ms',
+      },
     });
-    dir = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-prometheus-'));
     prom = await startPrometheus(dir, cluster.members);
   });
 
@@ -275,10 +299,11 @@ describe('a real Prometheus scraping a three-node auto cluster through a kill -9
     await prom?.stop();
     await cluster?.remove();
     await etcd?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    // The killed nodes' litestream may still be finishing a write in dir/backup.
+    if (dir) rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
   });
 
-  it('scrapes all three nodes and sees exactly one master, with no failover alert', async () => {
+  it('scrapes all three nodes and sees exactly one master, the one node backing up, with no failover or backup alert', async () => {
     const p = prom!;
     const up = await waitUntil(async () => {
       const { activeTargets } = await api<{ activeTargets: { health: string }[] }>(p, '/api/v1/targets');
@@ -289,10 +314,16 @@ describe('a real Prometheus scraping a three-node auto cluster through a kill -9
     const masters = await query(p, `nebulagc_ha_is_master{job="${JOB}"} == 1`);
     assert.deepEqual(masters.map((s) => s.metric.instance), [instance(master)]);
     assert.equal(Number((await query(p, `sum(nebulagc_ha_is_master{job="${JOB}"})`))[0]?.value[1]), 1);
-    // Several rule evaluations on the settled cluster: its first epoch is no failover.
+    assert.ok(await waitUntil(async () => (await backingUp(p)).length > 0, 10_000, 200), 'the master starts litestream');
+    assert.deepEqual(await backingUp(p), [instance(master)], 'litestream runs on the master only');
+    assert.equal((await query(p, `nebulagc_backup_up{job="${JOB}"} == 0`)).length, 2, 'the replicas report theirs down');
+    // Several rule evaluations on the settled cluster: its first epoch is no failover, and the
+    // replicas' litestream is down by design.
     await new Promise((r) => setTimeout(r, 3000));
     assert.deepEqual(await alertsNamed(p, 'NebulaGCFailover'), []);
     assert.deepEqual(await alertsNamed(p, 'NebulaGCReplicasOffline'), []);
+    assert.deepEqual(await alertsNamed(p, 'NebulaGCBackupDown'), []);
+    assert.deepEqual(await backingUp(p), [instance(master)], 'still the master only');
   });
 
   it('after kill -9 of the master: no master for a while, then exactly one new master, and NebulaGCFailover firing', async (t) => {
@@ -314,6 +345,8 @@ describe('a real Prometheus scraping a three-node auto cluster through a kill -9
     const next = (await masterOf(c.members))!;
     assert.notEqual(now!.metric.instance, instance(old), 'the new master is another node');
     assert.equal(now!.metric.instance, instance(next), 'Prometheus names the node answering /health/master');
+    const handedOver = await waitUntil(async () => (await backingUp(p)).join() === instance(next), 15_000, 250);
+    assert.ok(handedOver, `the new master, and it only, backs up: ${(await backingUp(p)).join() || 'none'}`);
 
     // The number of masters as the TSDB saw it, at steps finer than the 1 s scrapes.
     const range = await api<{ result: { values: [number, string][] }[] }>(p, '/api/v1/query_range', {
