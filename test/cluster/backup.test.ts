@@ -95,7 +95,7 @@ describe('managed Litestream on a master with a replica (file replica)', { timeo
   });
 
   it('an idle master, after a workload that grew the WAL, commits nothing and uploads nothing for 30 s', async () => {
-    // More than Litestream's checkpoint threshold (1,000 pages, 4 MiB) left in the WAL: with its
+    // More than Litestream's default checkpoint threshold (1,000 pages, 4 MiB) left in the WAL: with its
     // defaults, a PASSIVE checkpoint that cannot restart the WAL ran at every sync from here on.
     for (let i = 0; i < 2; i++) {
       const up = await call(master.url, 'POST', `/api/v1/config/bundle?cluster_id=${clusterId}`, {
