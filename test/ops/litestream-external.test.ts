@@ -15,6 +15,7 @@ import { parse } from 'yaml';
 import { litestreamBin, litestreamConfig } from '../../server/src/backup/litestream-config.js';
 import { envSchema, loadConfig, type BackupConfig } from '../../server/src/config.js';
 import { clusterDir, freePort, startNode, waitUntil, type ServerProcess } from '../helpers/cluster.js';
+import { unitSection } from '../helpers/unit-file.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const read = (p: string): string => readFileSync(path.join(root, p), 'utf8');
@@ -23,21 +24,6 @@ const FOLLOW = path.join(root, DIR, 'nebulagc-litestream-follow');
 const LITESTREAM = litestreamBin({ bin: undefined });
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'nebulagc-litestream-ops-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** `Key=value` lines of one section of a unit file. */
-function section(unit: string, name: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let current = '';
-  for (const line of unit.split('\n')) {
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) current = header[1]!;
-    else if (current === name && /^[A-Za-z]+=/.test(line)) {
-      const [key, ...value] = line.split('=');
-      out.set(key!, [...(out.get(key!) ?? []), value.join('=')]);
-    }
-  }
-  return out;
-}
 
 /** The units with the installed paths pointing at this checkout's files, as verify needs them to exist. */
 function localUnit(name: string): string {
@@ -78,7 +64,7 @@ describe('ops/litestream units', () => {
 
   it('Litestream runs as the database’s owner, only on the master, and stops with the server', () => {
     const unit = read(`${DIR}/nebulagc-litestream.service`);
-    const service = section(unit, 'Service');
+    const service = unitSection(unit, 'Service');
     const one = (key: string): string => {
       const v = service.get(key);
       assert.equal(v?.length, 1, `${key} once in [Service]`);
@@ -90,14 +76,14 @@ describe('ops/litestream units', () => {
     assert.equal(one('EnvironmentFile'), '/etc/nebulagc/litestream.env');
     assert.equal(one('Restart'), 'always');
     assert.equal(one('ReadWritePaths'), '/var/lib/nebulagc-server', 'the server unit’s StateDirectory');
-    const unitSection = section(unit, 'Unit');
-    assert.deepEqual(unitSection.get('PartOf'), ['nebulagc-server.service']);
-    assert.match(unitSection.get('After')?.[0] ?? '', /\bnebulagc-server\.service\b/);
+    const unitPart = unitSection(unit, 'Unit');
+    assert.deepEqual(unitPart.get('PartOf'), ['nebulagc-server.service']);
+    assert.match(unitPart.get('After')?.[0] ?? '', /\bnebulagc-server\.service\b/);
     // Started by the follower only: enabled, it would start at boot on every node.
-    assert.equal(section(unit, 'Install').size, 0);
+    assert.equal(unitSection(unit, 'Install').size, 0);
     const follow = read(`${DIR}/nebulagc-litestream-follow.service`);
-    assert.match(section(follow, 'Service').get('ExecStart')?.[0] ?? '', /^\/usr\/lib\/nebulagc\/nebulagc-litestream-follow( |$)/);
-    assert.deepEqual(section(follow, 'Install').get('WantedBy'), ['multi-user.target']);
+    assert.match(unitSection(follow, 'Service').get('ExecStart')?.[0] ?? '', /^\/usr\/lib\/nebulagc\/nebulagc-litestream-follow( |$)/);
+    assert.deepEqual(unitSection(follow, 'Install').get('WantedBy'), ['multi-user.target']);
   });
 });
 

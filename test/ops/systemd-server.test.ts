@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
 import { envSchema, loadConfig } from '../../server/src/config.js';
 import { clusterDir, freePort, startNode, type ServerProcess } from '../helpers/cluster.js';
+import { unitSection } from '../helpers/unit-file.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const read = (p: string): string => readFileSync(path.join(root, p), 'utf8');
@@ -28,21 +29,6 @@ after(async () => {
   nodes.remove();
   rmSync(dir, { recursive: true, force: true });
 });
-
-/** `Key=value` lines of one section of a unit file. */
-function section(unit: string, name: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let current = '';
-  for (const line of unit.split('\n')) {
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) current = header[1]!;
-    else if (current === name && /^[A-Za-z]+=/.test(line)) {
-      const [key, ...value] = line.split('=');
-      out.set(key!, [...(out.get(key!) ?? []), value.join('=')]);
-    }
-  }
-  return out;
-}
 
 /** Variable names in the README's configuration table. */
 function documentedVariables(): Set<string> {
@@ -132,7 +118,7 @@ describe('ops/systemd for the server', () => {
 
   it('the unit has the env file, readiness, restart policy, stop for the handover and hardening', () => {
     const unit = read(UNIT);
-    const service = section(unit, 'Service');
+    const service = unitSection(unit, 'Service');
     const one = (key: string): string => {
       const v = service.get(key);
       assert.equal(v?.length, 1, `${key} once in [Service]`);
@@ -164,9 +150,9 @@ describe('ops/systemd for the server', () => {
     ] as const) {
       assert.equal(one(key), value, key);
     }
-    const unitSection = section(unit, 'Unit');
-    assert.match(unitSection.get('StartLimitIntervalSec')?.[0] ?? '', /^\d+$/);
-    assert.match(unitSection.get('StartLimitBurst')?.[0] ?? '', /^\d+$/);
+    const unitPart = unitSection(unit, 'Unit');
+    assert.match(unitPart.get('StartLimitIntervalSec')?.[0] ?? '', /^\d+$/);
+    assert.match(unitPart.get('StartLimitBurst')?.[0] ?? '', /^\d+$/);
     assert.ok(statSync(WAIT_READY).mode & 0o111, 'the readiness script is executable');
   });
 
