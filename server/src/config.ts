@@ -116,6 +116,7 @@ export const envSchema = z.object({
   NEBULAGC_LITESTREAM_SYNC_INTERVAL: z.string().regex(/^\d+(ms|s|m)$/, 'must be a duration such as 1s, 500ms or 1m').default('1s'),
   NEBULAGC_LITESTREAM_BIN: z.string().min(1).optional(),
   NEBULAGC_RESTORE_ON_BOOT: bool.default(false),
+  NEBULAGC_BOOTSTRAP_FROM_BACKUP: bool.default(false),
 });
 
 export type Env = z.infer<typeof envSchema>;
@@ -170,6 +171,8 @@ export interface BackupConfig {
   accessKeyId: string | undefined;
   secretAccessKey: string | undefined;
   restoreOnBoot: boolean;
+  /** A new replica restores the backup and streams from the master's log after it, instead of a snapshot. */
+  bootstrapFromBackup: boolean;
 }
 
 /** Built-in lighthouses: what this server runs for clusters with provide_lighthouse. */
@@ -267,8 +270,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
   if (e.NEBULAGC_LITESTREAM_URL && e.NEBULAGC_WAL_CHECKPOINT_BYTES) {
     throw new ConfigError('invalid NEBULAGC_WAL_CHECKPOINT_BYTES: must be unset or 0 with NEBULAGC_LITESTREAM_URL (Litestream owns the checkpoints; docs/HA.md, "Backups with Litestream")');
   }
-  if (e.NEBULAGC_RESTORE_ON_BOOT && !e.NEBULAGC_LITESTREAM_URL) {
-    throw new ConfigError('invalid NEBULAGC_RESTORE_ON_BOOT: needs NEBULAGC_LITESTREAM_URL, the backup to restore from');
+  for (const key of ['NEBULAGC_RESTORE_ON_BOOT', 'NEBULAGC_BOOTSTRAP_FROM_BACKUP'] as const) {
+    if (e[key] && !e.NEBULAGC_LITESTREAM_URL) throw new ConfigError(`invalid ${key}: needs NEBULAGC_LITESTREAM_URL, the backup to restore from`);
   }
   const scheme = e.NEBULAGC_TLS_CERT ? 'https' : 'http';
   const listenHost = e.NEBULAGC_LISTEN.host === '0.0.0.0' || e.NEBULAGC_LISTEN.host === '::' ? os.hostname() : e.NEBULAGC_LISTEN.host;
@@ -353,6 +356,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, overrides: Partial<Record<key
           accessKeyId: env.AWS_ACCESS_KEY_ID || undefined,
           secretAccessKey: env.AWS_SECRET_ACCESS_KEY || undefined,
           restoreOnBoot: e.NEBULAGC_RESTORE_ON_BOOT,
+          bootstrapFromBackup: e.NEBULAGC_BOOTSTRAP_FROM_BACKUP,
         }
       : undefined,
   };

@@ -60,7 +60,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   if (source === 'dev-file') log.warn('dev mode: using a generated HMAC secret stored next to the database');
   const dir = replicationDir(config.dbPath);
   mkdirSync(dir, { recursive: true });
-  await restoreOnBoot(config, log);
+  await restoreOnBoot(config, dir, log);
   const nodes = new NodeStore(secret);
   const store = nodes.store;
   const metrics = new Metrics({ dbPath: config.dbPath, writer: store.writer });

@@ -38,6 +38,7 @@ const s3Backup = (s3: FakeS3, bucket: string, prefix: string): BackupConfig => (
   accessKeyId: s3.accessKeyId,
   secretAccessKey: s3.secretAccessKey,
   restoreOnBoot: false,
+  bootstrapFromBackup: false,
 });
 
 async function rpoBench(s3: FakeS3): Promise<string[][]> {

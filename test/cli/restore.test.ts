@@ -37,6 +37,7 @@ const backupConfig = (url: string, extra: Partial<BackupConfig> = {}): BackupCon
   accessKeyId: undefined,
   secretAccessKey: undefined,
   restoreOnBoot: false,
+  bootstrapFromBackup: false,
   ...extra,
 });
 

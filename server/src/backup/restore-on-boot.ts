@@ -1,10 +1,15 @@
 import { existsSync, renameSync, rmSync } from 'node:fs';
-import type { Config } from '../config.js';
+import type { BackupConfig, Config } from '../config.js';
 import { coordinatorFor } from '../ha/election/from-config.js';
 import type { Logger } from '../log.js';
+import { PositionFile } from '../replication/replica/position-file.js';
+import { replicaPositionFile } from '../replication/replica/replica.js';
+import { InternalClient } from '../replication/wire/internal-client.js';
+import { PATHS } from '../replication/wire/protocol.js';
+import type { Position } from '../replication/wire/record.js';
 import { restoreBackup } from './restore.js';
 
-export type BootRestore = 'off' | 'has-database' | 'master-reachable' | 'empty-backup' | 'restored';
+export type BootRestore = 'off' | 'has-database' | 'master-reachable' | 'bootstrapped' | 'no-master' | 'empty-backup' | 'restored';
 
 /**
  * NEBULAGC_RESTORE_ON_BOOT: a node with no database and no reachable master to copy from takes
@@ -13,15 +18,17 @@ export type BootRestore = 'off' | 'has-database' | 'master-reachable' | 'empty-b
  * a live peer, and becomes master (on a new epoch) only when nothing better is there. A node
  * that has a master to follow takes a snapshot from it instead, which is newer than any backup.
  */
-export async function restoreOnBoot(config: Config, log: Logger): Promise<BootRestore> {
+export async function restoreOnBoot(config: Config, replicationDir: string, log: Logger): Promise<BootRestore> {
   const backup = config.backup;
-  if (!backup?.restoreOnBoot) return 'off';
+  if (!backup?.restoreOnBoot && !backup?.bootstrapFromBackup) return 'off';
   if (existsSync(config.dbPath)) return 'has-database';
   const master = await reachableMaster(config);
   if (master) {
-    log.info({ master }, 'restore on boot: a master is reachable; this node copies from it instead of the backup');
+    if (backup.bootstrapFromBackup && (await bootstrapFromBackup(config, backup, master, replicationDir, log))) return 'bootstrapped';
+    log.info({ master }, 'a master is reachable: this node copies from it (a snapshot)');
     return 'master-reachable';
   }
+  if (!backup.restoreOnBoot) return 'no-master';
   const partial = `${config.dbPath}.restoring`;
   rmSync(partial, { force: true });
   log.info({ url: backup.url }, 'restore on boot: no database and no master; restoring the latest backup');
@@ -49,6 +56,48 @@ export async function restoreOnBoot(config: Config, log: Logger): Promise<BootRe
     }
     throw new Error(`restore on boot failed: ${(err as Error).message}`);
   }
+}
+
+/**
+ * NEBULAGC_BOOTSTRAP_FROM_BACKUP: a new replica of a large database restores the latest backup,
+ * which is near, and asks the master where that copy sits in its replication log (by its
+ * checksum; a backup carries no txid). Found, the copy takes that position and streams the rest
+ * from the master; not found (older than the log reaches, or another history), it is dropped and
+ * the replica takes a snapshot as usual. False in every case but the first.
+ */
+async function bootstrapFromBackup(config: Config, backup: BackupConfig, master: string, replicationDir: string, log: Logger): Promise<boolean> {
+  const partial = `${config.dbPath}.restoring`;
+  rmSync(partial, { force: true });
+  const drop = (): void => rmSync(partial, { force: true });
+  let checksum: string;
+  try {
+    checksum = (await restoreBackup({ backup, dbPath: config.dbPath, output: partial, onLine: (line) => log.debug({ component: 'litestream' }, line) })).checksum;
+  } catch (err) {
+    drop();
+    log.warn({ err: (err as Error).message }, 'could not restore the backup to bootstrap from it; taking a snapshot from the master instead');
+    return false;
+  }
+  const client = new InternalClient({ baseUrl: master, secret: config.replication.secret!, tls: config.tls });
+  let found: Position | undefined;
+  try {
+    const reply = await client.json('GET', `${PATHS.position}?checksum=${checksum}`);
+    if (reply.status === 200) found = (reply.body as { position: Position }).position;
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'could not ask the master where the backup sits in its log');
+  } finally {
+    client.close();
+  }
+  if (!found) {
+    drop();
+    log.info({ checksum }, 'the backup is not in the master’s replication log (older than it reaches, or another history); taking a snapshot instead');
+    return false;
+  }
+  renameSync(partial, config.dbPath);
+  const file = new PositionFile(replicaPositionFile(replicationDir));
+  file.write(found);
+  file.close();
+  log.info({ position: found, master }, 'bootstrapped from the backup: streaming the rest from the master’s log');
+  return true;
 }
 
 /** The master this node would copy from, if one answers: the configured one, or the lock holder in auto mode. */

@@ -159,6 +159,17 @@ export function registerReplicationRoutes(app: App, deps: Deps): void {
     });
   });
 
+  // A replica that restored the backup asks where its copy sits in our log (by its checksum),
+  // to stream from there instead of taking a snapshot.
+  app.get(PATHS.position, (c) => {
+    const master = masterOf();
+    if (!master) return notMaster(c);
+    const checksum = c.req.query('checksum');
+    if (!checksum || !/^[0-9a-f]{1,64}$/.test(checksum)) return errorResponse(c, 'VALIDATION_FAILED', 'checksum must be the hex replication checksum of a copy');
+    const position = master.findPosition(checksum);
+    return position ? c.json({ position }, 200) : errorResponse(c, 'NOT_FOUND', 'no transaction in the replication log left the database with that checksum');
+  });
+
   app.post(PATHS.ack, async (c) => {
     const a = parse(ackBody, await c.req.json());
     heardOf(a.seen_epoch, `replica ${a.replica_id}`);

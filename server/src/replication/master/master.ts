@@ -278,6 +278,12 @@ export class ReplicationMaster {
     return () => this.subscribers.delete(s);
   }
 
+  /** Where in the log a copy whose checksum is `checksum` sits (a restored backup), while the log reaches back that far. */
+  findPosition(checksum: string): Position | undefined {
+    this.captureNow();
+    return this.log.positionWithChecksum(checksum);
+  }
+
   /** Where a peer's position stands against our history: resume, snapshot, diverged, or a newer epoch than ours. */
   locate(pos: Position): PositionVerdict {
     return locate(pos, this.positionNow(), this.opts.history(), this.log);

@@ -83,6 +83,15 @@ export class ReplicationLog {
     return this.index.has(txid) ? this.index.checksum(txid) : undefined;
   }
 
+  /** The newest logged position whose checksum is `checksum`: where a copy with that content sits in the log. */
+  positionWithChecksum(checksum: Checksum): Position | undefined {
+    const first = this.index.first;
+    const last = this.index.last;
+    if (first === undefined || last === undefined) return undefined;
+    for (let t = last; t >= first; t--) if (this.index.checksum(t) === checksum) return { epoch: this.index.epoch(t), txid: t, checksum };
+    return undefined;
+  }
+
   commitTimeOf(txid: number): number | undefined {
     return this.index.has(txid) ? this.index.commitTimeMs(txid) : undefined;
   }

@@ -11,6 +11,7 @@ import type { Position } from './record.js';
 export const PATHS = {
   stream: '/internal/v1/replication/stream',
   snapshot: '/internal/v1/replication/snapshot',
+  position: '/internal/v1/replication/position',
   ack: '/internal/v1/replication/ack',
   promote: '/internal/v1/ha/promote',
   failsafe: '/internal/v1/ha/failsafe',
