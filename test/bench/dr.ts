@@ -8,6 +8,11 @@
  *   by litestream to the fake S3 and to a file replica, then restored with restoreBackup() (the
  *   code behind `nebulagc-server restore`, integrity_check and checksum included). The file
  *   replica is the baseline, in the same run.
+ * BENCH_DR picks the parts (rpo, restore, bootstrap; all by default).
+ * - New replica: a master whose database holds BENCH_BOOTSTRAP_MIB (default 256) MiB, backed up
+ *   by managed Litestream to a file target; the time from starting a new replica to it
+ *   following, by a snapshot streamed from the master (the baseline) and by
+ *   NEBULAGC_BOOTSTRAP_FROM_BACKUP, in the same run.
  */
 import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
@@ -19,7 +24,8 @@ import { restoreBackup } from '../../server/src/backup/restore.js';
 import type { BackupConfig } from '../../server/src/config.js';
 import { startFakeS3, type FakeS3 } from '../fakes/fake-s3.js';
 import { startAutoCluster } from '../helpers/auto-cluster.js';
-import { clusterDir } from '../helpers/cluster.js';
+import { clusterDir, startNode, waitUntil } from '../helpers/cluster.js';
+import { health } from '../helpers/probes.js';
 import { disasterRound } from '../helpers/dr-drill.js';
 import { startEtcd } from '../helpers/etcd.js';
 import { isEntryPoint } from './entry.js';
@@ -28,6 +34,9 @@ import { fmt, printTable, quantile } from './harness.js';
 const ROUNDS = Number(process.env.BENCH_DR_ROUNDS ?? 10);
 const RESTORE_MIB = Number(process.env.BENCH_RESTORE_MIB ?? 1024);
 const SYNC_INTERVAL_MS = 1000;
+const BOOTSTRAP_MIB = Number(process.env.BENCH_BOOTSTRAP_MIB ?? 256);
+/** Which parts to run: any of rpo, restore, bootstrap (comma-separated). */
+const PARTS = new Set((process.env.BENCH_DR ?? 'rpo,restore,bootstrap').split(','));
 
 const s3Backup = (s3: FakeS3, bucket: string, prefix: string): BackupConfig => ({
   url: `s3://${bucket}/${prefix}`,
@@ -131,13 +140,59 @@ async function restoreBench(s3: FakeS3): Promise<string[][]> {
   }
 }
 
+async function bootstrapBench(): Promise<string[][]> {
+  const dir = clusterDir('bench-bootstrap');
+  const backup = { NEBULAGC_LITESTREAM_URL: `file://${path.join(dir.root, 'backup')}`, NEBULAGC_LOG_LEVEL: 'warn' };
+  try {
+    // The schema first, then the bulk straight into the file while no server runs.
+    let master = await startNode('m', dir.root, { NEBULAGC_HA_MODE: 'master', ...backup });
+    await master.stop();
+    const db = new Database(master.dbPath);
+    db.exec('CREATE TABLE bench_blobs (id INTEGER PRIMARY KEY, body BLOB NOT NULL)');
+    db.exec(`WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${BOOTSTRAP_MIB * 256}) INSERT INTO bench_blobs (body) SELECT randomblob(4000) FROM c`);
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.close();
+    const bytes = statSync(master.dbPath).size;
+    master = await master.restart();
+    const since = Date.now();
+    await waitUntil(async () => Date.parse((await health(master)).backup?.last_success_at ?? '0') > since, 300_000, 500);
+    const rows: string[][] = [];
+    let baseline = 0;
+    for (const [label, env] of [
+      ['snapshot from the master', {}],
+      ['backup (file target), then the log', { ...backup, NEBULAGC_BOOTSTRAP_FROM_BACKUP: 'true' }],
+    ] as const) {
+      const started = performance.now();
+      const r = await startNode(`r-${rows.length}`, dir.root, { NEBULAGC_HA_MODE: 'replica', NEBULAGC_MASTER_URL: master.url, ...env, NEBULAGC_LOG_LEVEL: 'info' });
+      await waitUntil(async () => (await health(r)).ha_state === 'replica.following', 600_000, 100);
+      const ms = performance.now() - started;
+      const how = /bootstrapped from the backup/.test(r.output()) ? 'from the backup' : 'by snapshot';
+      await r.stop();
+      baseline ||= ms;
+      rows.push([label, fmt(bytes / 1048576), how, fmt(ms / 1000, 1), fmt(bytes / 1048576 / (ms / 1000)), (ms / baseline).toFixed(2)]);
+    }
+    await master.stop();
+    return rows;
+  } finally {
+    dir.remove();
+  }
+}
+
 export async function runDrBench(): Promise<void> {
   const s3 = await startFakeS3();
   try {
-    console.log(`\nDisaster recovery: ${ROUNDS} drills (3 nodes, etcd, managed Litestream to the fake S3, sync interval ${SYNC_INTERVAL_MS} ms)`);
-    printTable(['rounds', 'RPO p50 ms', 'RPO p90 ms', 'RPO max ms', 'acknowledged writes lost', 'restored and master p50 ms', 'max ms'], await rpoBench(s3));
-    console.log(`\nRestore of a ${RESTORE_MIB} MiB database (restoreBackup: litestream restore, integrity_check, checksum)`);
-    printTable(['from', 'MiB', 'first upload s', 'restore s', 'MiB/s', 'ratio to file'], await restoreBench(s3));
+    if (PARTS.has('rpo')) {
+      console.log(`\nDisaster recovery: ${ROUNDS} drills (3 nodes, etcd, managed Litestream to the fake S3, sync interval ${SYNC_INTERVAL_MS} ms)`);
+      printTable(['rounds', 'RPO p50 ms', 'RPO p90 ms', 'RPO max ms', 'acknowledged writes lost', 'restored and master p50 ms', 'max ms'], await rpoBench(s3));
+    }
+    if (PARTS.has('restore')) {
+      console.log(`\nRestore of a ${RESTORE_MIB} MiB database (restoreBackup: litestream restore, integrity_check, checksum)`);
+      printTable(['from', 'MiB', 'first upload s', 'restore s', 'MiB/s', 'ratio to file'], await restoreBench(s3));
+    }
+    if (PARTS.has('bootstrap')) {
+      console.log(`\nA new replica of a ${BOOTSTRAP_MIB} MiB database: start to following`);
+      printTable(['bootstrap', 'MiB', 'how it went', 'seconds', 'MiB/s', 'ratio to snapshot'], await bootstrapBench());
+    }
   } finally {
     await s3.stop();
   }

@@ -281,7 +281,10 @@ export class ReplicationMaster {
   /** Where in the log a copy whose checksum is `checksum` sits (a restored backup), while the log reaches back that far. */
   findPosition(checksum: string): Position | undefined {
     this.captureNow();
-    return this.log.positionWithChecksum(checksum);
+    // The head first: a copy of an idle master's database is the head, whose record a log
+    // started since (a restart, a reset) may not hold.
+    const head = this.capture.position;
+    return head.checksum === checksum ? head : this.log.positionWithChecksum(checksum);
   }
 
   /** Where a peer's position stands against our history: resume, snapshot, diverged, or a newer epoch than ours. */
