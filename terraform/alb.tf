@@ -153,7 +153,8 @@ resource "aws_lb_listener" "https" {
 }
 
 # The replication endpoints are for the servers only (they also check
-# NEBULAGC_REPLICATION_SECRET); through the ALB they do not exist, whatever the method.
+# NEBULAGC_REPLICATION_SECRET), and /metrics has no authentication (Prometheus scrapes each node
+# at its private address): through the ALB neither exists, whatever the method.
 resource "aws_lb_listener_rule" "deny_internal" {
   listener_arn = local.api_listener_arn
   priority     = 10
@@ -169,30 +170,7 @@ resource "aws_lb_listener_rule" "deny_internal" {
 
   condition {
     path_pattern {
-      values = ["/internal/*"]
-    }
-  }
-
-  tags = local.tags
-}
-
-# /metrics has no authentication; Prometheus scrapes each node at its private address instead.
-resource "aws_lb_listener_rule" "deny_metrics" {
-  listener_arn = local.api_listener_arn
-  priority     = 11
-
-  action {
-    type = "fixed-response"
-    fixed_response {
-      content_type = "application/json"
-      status_code  = "404"
-      message_body = "{\"error\":\"not found\",\"code\":\"NOT_FOUND\"}"
-    }
-  }
-
-  condition {
-    path_pattern {
-      values = ["/metrics"]
+      values = ["/internal/*", "/metrics"]
     }
   }
 
