@@ -100,23 +100,34 @@ async function bootstrapFromBackup(config: Config, backup: BackupConfig, master:
   return true;
 }
 
-/** The master this node would copy from, if one answers: the configured one, or the lock holder in auto mode. */
+/**
+ * The master this node would copy from, if one answers: the configured one, or the lock holder
+ * in auto mode. A holder that does not answer is waited out (at most twice the lock's TTL): it
+ * is a master lost with the rest, and until its lock lapses this node would follow it, with a
+ * restored copy it could never be elected with.
+ */
 async function reachableMaster(config: Config): Promise<string | undefined> {
-  let url = config.haMode === 'replica' ? config.replication.masterUrl : undefined;
   const auto = config.ha.auto;
-  if (auto) {
-    const coordinator = coordinatorFor(auto);
-    try {
-      url = (await coordinator.holder())?.url;
-    } finally {
-      await coordinator.close();
-    }
-  }
-  if (!url) return undefined;
+  if (!auto) return config.haMode === 'replica' && config.replication.masterUrl && (await answers(config.replication.masterUrl)) ? config.replication.masterUrl : undefined;
+  const coordinator = coordinatorFor(auto);
   try {
-    const res = await fetch(`${url}/health/master`, { method: 'HEAD', signal: AbortSignal.timeout(2000) });
-    return res.ok ? url : undefined;
+    const until = Date.now() + 2 * auto.lockTtlS * 1000 + 1000;
+    for (;;) {
+      const url = (await coordinator.holder())?.url;
+      if (!url) return undefined;
+      if (await answers(url)) return url;
+      if (Date.now() > until) return undefined;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } finally {
+    await coordinator.close();
+  }
+}
+
+async function answers(url: string): Promise<boolean> {
+  try {
+    return (await fetch(`${url}/health/master`, { method: 'HEAD', signal: AbortSignal.timeout(2000) })).ok;
   } catch {
-    return undefined;
+    return false;
   }
 }

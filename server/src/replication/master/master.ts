@@ -175,8 +175,11 @@ export class ReplicationMaster {
     };
     // Other processes (litestream, the CLI, the sqlite3 shell) write too; catch their commits.
     every(this.opts.captureIntervalMs ?? 50, () => this.captureNow());
-    // Lets other processes' checkpoints (Litestream's) copy what has been captured.
-    every(1000, () => this.publish(this.capture.refreshPin()));
+    // Lets other processes' checkpoints (Litestream's) copy what has been captured. When they
+    // own the checkpoints, more often: a RESTART waits (Litestream's busy timeout, 1 s) for every
+    // reader to have begun after its copy, and a pin moved once a second could miss that window,
+    // leaving the WAL unrestarted and Litestream checkpointing again at every sync.
+    every(this.opts.walCheckpointBytes > 0 ? 1000 : 200, () => this.publish(this.capture.refreshPin()));
     // Often, so each pass drops few segments.
     every(1000, () => {
       this.log.trim().catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, 'could not delete an old replication log segment'));
