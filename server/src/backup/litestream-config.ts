@@ -12,8 +12,7 @@ import type { BackupConfig } from '../config.js';
  * over; a PASSIVE one could not, with our capture pinning the WAL, and Litestream would then
  * checkpoint and write its `_litestream_seq` row at every sync, forever (86,000 uploads a day
  * from an idle master). A RESTART blocks writers while it copies, so the pages are few: 256
- * (1 MiB at our page size) took the slowest write from 213 to 145 ms against 1,000 pages
- * (docs/BENCHMARKS.md, "Writes under Litestream's checkpoints"). The
+ * (1 MiB at our page size; docs/BENCHMARKS.md, "Writes under Litestream's checkpoints"). The
  * time-based checkpoint is off for the same reason.
  */
 export const CHECKPOINT_PAGES = 256;
