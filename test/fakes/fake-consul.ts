@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { buffer } from 'node:stream/consumers';
 
 /**
  * A fake Consul agent's HTTP API (sessions, KV, blocking queries, an ACL token), for the Consul
@@ -154,14 +155,6 @@ function parseUint(v: string): number {
   return Number(v);
 }
 
-function readBody(req: http.IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
-}
 
 function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   if (res.headersSent || res.destroyed) return;
@@ -335,7 +328,7 @@ export class FakeConsul {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     try {
       const url = new URL(req.url ?? '/', 'http://fake');
-      const body = await readBody(req);
+      const body = await buffer(req);
       if (this.latencyMs) await new Promise((r) => setTimeout(r, this.latencyMs));
       const [, v1, area, verb] = url.pathname.split('/');
       const route = area === 'kv' ? `/${v1}/kv` : `/${v1}/${area}/${verb}`;

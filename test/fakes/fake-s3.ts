@@ -1,6 +1,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { buffer } from 'node:stream/consumers';
 
 /**
  * An in-process S3-compatible server (path-style, storage in memory) for tests that run the
@@ -390,14 +391,6 @@ const prefixesXml = (items: Entry[], enc: (s: string) => string): string =>
 
 // ---------------------------------------------------------------------------------------------
 
-function readBody(req: http.IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
-}
 
 const md5 = (b: Buffer): Buffer => createHash('md5').update(b).digest();
 const requestId = (): string => randomBytes(8).toString('hex').toUpperCase();
@@ -506,7 +499,7 @@ class Server implements FakeS3 {
     }
     let reply: Reply;
     try {
-      const body = await readBody(req);
+      const body = await buffer(req);
       const q = new URLSearchParams(queryPairs(rawQuery));
       record.query = Object.fromEntries(q);
       const [bucket, key] = this.target(rawPath);

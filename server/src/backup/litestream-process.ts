@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline';
 import type { BackupConfig } from '../config.js';
 import type { Logger } from '../log.js';
 import { litestreamBin, writeLitestreamConfig } from './litestream-config.js';
+import { parseLitestreamLine } from './litestream-log.js';
 
 /** Litestream's log messages for a finished upload (v0.3.13, replica.go). */
 const UPLOADED = new Set(['wal segment written', 'snapshot written']);
@@ -123,20 +124,18 @@ export class LitestreamSupervisor {
 
   private line(line: string): void {
     const log = this.o.log;
-    let entry: { level?: string; msg?: string; error?: string; [k: string]: unknown };
-    try {
-      entry = JSON.parse(line) as typeof entry;
-    } catch {
+    const entry = parseLitestreamLine(line);
+    if (!entry) {
       log.warn({ component: 'litestream' }, line);
       return;
     }
-    const { level, msg = '', time: _time, ...rest } = entry;
+    const { level, msg, error, fields } = entry;
     if (level === 'ERROR') {
-      this.failed(rest.error ? `${msg}: ${String(rest.error)}` : msg, rest);
+      this.failed(error ? `${msg}: ${error}` : msg, fields);
       return;
     }
     if (UPLOADED.has(msg)) this.lastSuccessAt = Date.now();
-    (level === 'WARN' ? log.warn : level === 'DEBUG' ? log.debug : log.info).call(log, { component: 'litestream', ...rest }, msg);
+    (level === 'WARN' ? log.warn : level === 'DEBUG' ? log.debug : log.info).call(log, { component: 'litestream', ...fields }, msg);
   }
 
   private failed(message: string, fields: Record<string, unknown> = {}): void {

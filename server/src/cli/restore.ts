@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
-import { isRfc3339, parseLitestreamLine, restoreBackup, type RestoreResult } from '../backup/restore.js';
+import { parseLitestreamLine } from '../backup/litestream-log.js';
+import { isRfc3339, restoreBackup, type RestoreResult } from '../backup/restore.js';
 import { configFrom, printJson } from './common.js';
 
 /** Litestream's fields worth a progress line; the rest (db, replica, paths) are the same on every line. */
